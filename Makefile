@@ -1,0 +1,26 @@
+# The two quick-start commands, `make bench` and `make test`, install what they need first.
+PYTHON ?= python3
+# torch 2.14.1 as served here is a CUDA 13.0 build: with it the CUDA kernels are compiled even on
+# a machine without a GPU (they run where one is present). TORCH=torch==2.13.0 gives a CPU build.
+TORCH ?= torch==2.14.1
+TEST_DEPS = numpy pytest expecttest
+
+.PHONY: deps build test bench cmake
+
+deps:
+	$(PYTHON) -m pip install -q "$(TORCH)" $(TEST_DEPS)
+
+build: deps
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(PYTHON) -m pytest tests -q
+
+bench: build
+	$(PYTHON) -m fused_norm.benchmark
+
+# The same sources as a LibTorch library (CMakeLists.txt), for C++ users.
+cmake: deps
+	cmake -S . -B build/cmake -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j

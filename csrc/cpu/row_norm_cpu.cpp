@@ -1,0 +1,75 @@
+// CPU implementations of the row-norm ops: the kernel of the best capability this CPU has, behind
+// the shared torch-facing code of csrc/common/row_norm.h.
+#include <cstdlib>
+#include <string>
+
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include "../common/row_norm.h"
+
+namespace fused_norm {
+namespace cpu {
+
+// Defined once per capability by row_norm_kernels.h (row_norm_default.cpp, row_norm_avx2.cpp).
+namespace DEFAULT {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+}  // namespace DEFAULT
+#if defined(__x86_64__) && defined(__GNUC__)
+namespace AVX2 {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+}  // namespace AVX2
+namespace AVX512 {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+}  // namespace AVX512
+#endif
+
+namespace {
+
+int cpu_threads(const at::Tensor&) { return at::get_num_threads(); }
+
+// The widest instruction set this CPU has and the kernels were built for, or a narrower one named
+// by FUSED_NORM_CPU_CAPABILITY=default|avx2 (so that tests can run every variant on one machine).
+RowNormBackend make_cpu_backend() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const char* requested_env = std::getenv("FUSED_NORM_CPU_CAPABILITY");
+  const std::string requested = requested_env ? requested_env : "";
+  __builtin_cpu_init();
+  const bool has_avx2 = requested != "default" && __builtin_cpu_supports("avx2") &&
+                        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool has_avx512 = has_avx2 && requested != "avx2" && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (has_avx512) {
+    return {AVX512::row_norm_fwd, AVX512::row_norm_bwd, AVX512::row_norm_bwd_workspace_bytes,
+            cpu_threads};
+  }
+  if (has_avx2) {
+    return {AVX2::row_norm_fwd, AVX2::row_norm_bwd, AVX2::row_norm_bwd_workspace_bytes,
+            cpu_threads};
+  }
+#endif
+  return {DEFAULT::row_norm_fwd, DEFAULT::row_norm_bwd, DEFAULT::row_norm_bwd_workspace_bytes,
+          cpu_threads};
+}
+
+const RowNormBackend& cpu_backend() {
+  static const RowNormBackend backend = make_cpu_backend();
+  return backend;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
+  register_row_norm_kernels<cpu::cpu_backend>(m);
+}
+
+}  // namespace fused_norm

@@ -1,0 +1,341 @@
+// CPU row-norm kernels (LayerNorm, RMSNorm), written once against at::vec::Vectorized and
+// compiled once per CPU capability (row_norm_default.cpp, row_norm_avx2.cpp, row_norm_avx512.cpp):
+// each includer defines CPU_CAPABILITY, which names the namespace, so the instantiations never
+// collide.
+// row_norm_cpu.cpp picks one at run time.
+//
+// Contract (csrc/common/row_norm_params.h): M > 0 and N > 0 — the torch-facing code answers
+// zero-size problems itself — and all arrays contiguous. The three entry points at the bottom are
+// defined (not inline) in each capability's namespace.
+#include "baseline_includes.h"
+
+#include <ATen/cpu/vec/functional.h>  // convert_{to,from}_float for Half/BFloat16
+#include <ATen/cpu/vec/vec.h>
+
+#include "../common/row_norm_params.h"
+
+namespace fused_norm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// One chunk of T elements, held as kParts vectors of the opmath type: one for float/double,
+// two for Half/BFloat16 (a 16-bit vector widens into two float vectors).
+template <typename T>
+struct Chunk {
+  using acc_t = at::opmath_type<T>;
+  using AccVec = Vectorized<acc_t>;
+  static constexpr int64_t kSize = Vectorized<T>::size();
+  static constexpr int kParts = kSize / AccVec::size();
+
+  static void load(const T* p, AccVec (&v)[kParts]) {
+    if constexpr (kParts == 1) {
+      v[0] = AccVec::loadu(p);
+    } else {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
+    }
+  }
+  static void store(T* p, const AccVec (&v)[kParts]) {
+    if constexpr (kParts == 1) {
+      v[0].store(p);
+    } else {
+      at::vec::convert_from_float<T>(v[0], v[1]).store(p);
+    }
+  }
+};
+
+// Two sums over one row, as the kernels need them (sum and sum of squares; sum of g and of
+// g * xhat). add_chunk(i, s1, s2) adds the whole chunk at element i into two vector accumulators,
+// add_element(i, s1, s2) one tail element into the double totals. Two things keep the sums
+// precise and fast: vector accumulators run in kChains independent chains (with one, the latency
+// of each add would bound the loop), and they are flushed into double totals every kBlock
+// elements, so rounding error grows with the block and not with the row (rows reach 1M).
+constexpr int kChains = 4;
+constexpr int64_t kBlock = 2048;
+
+template <typename acc_t>
+double horizontal_sum(const Vectorized<acc_t> (&chains)[kChains]) {
+  Vectorized<acc_t> total = chains[0];
+  for (int c = 1; c < kChains; ++c) total = total + chains[c];
+  acc_t lanes[Vectorized<acc_t>::size()];
+  total.store(lanes);
+  double sum = 0;
+  for (int k = 0; k < Vectorized<acc_t>::size(); ++k) sum += lanes[k];
+  return sum;
+}
+
+template <typename C, typename ChunkF, typename ElementF>
+std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chunk, ElementF&& add_element) {
+  using AccVec = typename C::AccVec;
+  const int64_t N_vec = N - N % C::kSize;
+  double total1 = 0, total2 = 0;
+  for (int64_t block = 0; block < N_vec; block += kBlock) {
+    const int64_t block_end = std::min(N_vec, block + kBlock);
+    AccVec s1[kChains], s2[kChains];
+    for (int c = 0; c < kChains; ++c) s1[c] = s2[c] = AccVec(0);
+    int64_t i = block;
+    for (; i + kChains * C::kSize <= block_end; i += kChains * C::kSize) {
+      for (int c = 0; c < kChains; ++c) add_chunk(i + c * C::kSize, s1[c], s2[c]);
+    }
+    for (; i < block_end; i += C::kSize) add_chunk(i, s1[0], s2[0]);
+    total1 += horizontal_sum(s1);
+    total2 += horizontal_sum(s2);
+  }
+  for (int64_t i = N_vec; i < N; ++i) add_element(i, total1, total2);
+  return {total1, total2};
+}
+
+template <typename acc_t>
+std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
+  std::vector<acc_t> out(N);
+  auto convert = [&](auto* typed) {
+    for (int64_t j = 0; j < N; ++j) out[j] = static_cast<acc_t>(typed[j]);
+  };
+  switch (dtype) {
+    case DType::kFloat32: convert(static_cast<const float*>(params)); break;
+    case DType::kFloat64: convert(static_cast<const double*>(params)); break;
+    case DType::kFloat16: convert(static_cast<const c10::Half*>(params)); break;
+    case DType::kBFloat16: convert(static_cast<const c10::BFloat16*>(params)); break;
+  }
+  return out;
+}
+
+template <typename acc_t>
+void acc_to_params(const acc_t* values, void* params, DType dtype, int64_t N) {
+  auto convert = [&](auto* typed) {
+    using P = std::remove_pointer_t<decltype(typed)>;
+    for (int64_t j = 0; j < N; ++j) typed[j] = static_cast<P>(values[j]);
+  };
+  switch (dtype) {
+    case DType::kFloat32: convert(static_cast<float*>(params)); break;
+    case DType::kFloat64: convert(static_cast<double*>(params)); break;
+    case DType::kFloat16: convert(static_cast<c10::Half*>(params)); break;
+    case DType::kBFloat16: convert(static_cast<c10::BFloat16*>(params)); break;
+  }
+}
+
+template <typename F>
+void dispatch_x_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat64: f(double{}); break;
+    case DType::kFloat16: f(c10::Half{}); break;
+    case DType::kBFloat16: f(c10::BFloat16{}); break;
+  }
+}
+
+// Rows are independent; a task should hold enough elements to amortise the scheduling.
+inline int64_t row_grain(int64_t N) {
+  constexpr int64_t kElementsPerTask = 1 << 15;
+  return std::max<int64_t>(1, kElementsPerTask / N);
+}
+
+template <typename T, bool kRms>
+void row_norm_fwd_typed(const RowNormFwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  constexpr int64_t kW = AccVec::size();
+  const int64_t N = p.N;
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  acc_t* mean_out = static_cast<acc_t*>(p.mean);
+  acc_t* rstd_out = static_cast<acc_t*>(p.rstd);
+  const std::vector<acc_t> weight =
+      p.weight ? params_to_acc<acc_t>(p.weight, p.param_dtype, N) : std::vector<acc_t>();
+  const std::vector<acc_t> bias =
+      p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
+  const acc_t* w = p.weight ? weight.data() : nullptr;
+  const acc_t* b = p.bias ? bias.data() : nullptr;
+  const int64_t N_vec = N - N % C::kSize;
+
+  at::parallel_for(0, p.M, row_grain(N), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const T* xr = x + row * N;
+      T* yr = y + row * N;
+      // Sums of (x - shift) and its square: with the shift near the mean (the first element)
+      // the variance keeps its precision for data far from zero, in one pass over the row.
+      const acc_t shift = kRms ? acc_t(0) : static_cast<acc_t>(xr[0]);
+      const AccVec shift_vec(shift);
+      typename C::AccVec v[C::kParts];
+      const auto [sum_d, sumsq_d] = row_sums<C>(
+          N,
+          [&](int64_t i, AccVec& sum, AccVec& sumsq) {
+            C::load(xr + i, v);
+            for (int k = 0; k < C::kParts; ++k) {
+              const AccVec d = v[k] - shift_vec;
+              if constexpr (!kRms) sum = sum + d;
+              sumsq = at::vec::fmadd(d, d, sumsq);
+            }
+          },
+          [&](int64_t i, double& sum, double& sumsq) {
+            const acc_t d = static_cast<acc_t>(xr[i]) - shift;
+            sum += d;
+            sumsq += d * d;
+          });
+      const double shifted_mean = sum_d / N;
+      const acc_t mean = kRms ? acc_t(0) : static_cast<acc_t>(shift + shifted_mean);
+      const double var =
+          kRms ? sumsq_d / N : std::max(sumsq_d / N - shifted_mean * shifted_mean, 0.0);
+      const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt(var + p.eps));
+      if (mean_out) mean_out[row] = mean;
+      rstd_out[row] = rstd;
+
+      // Scalar math: y = (x - mean) * rstd * w + b
+      const AccVec mean_vec(mean), rstd_vec(rstd);
+      for (int64_t i = 0; i < N_vec; i += C::kSize) {
+        C::load(xr + i, v);
+        for (int k = 0; k < C::kParts; ++k) {
+          const int64_t j = i + k * kW;
+          AccVec out = (v[k] - mean_vec) * rstd_vec;
+          if (w) out = out * AccVec::loadu(w + j);
+          if (b) out = out + AccVec::loadu(b + j);
+          v[k] = out;
+        }
+        C::store(yr + i, v);
+      }
+      for (int64_t i = N_vec; i < N; ++i) {
+        acc_t out = (static_cast<acc_t>(xr[i]) - mean) * rstd;
+        if (w) out *= w[i];
+        if (b) out += b[i];
+        yr[i] = static_cast<T>(out);
+      }
+    }
+  });
+}
+
+// Rows are split into `chunks` fixed ranges, each accumulating its own dweight/dbias partial
+// row in the workspace; the partials are then summed in chunk order. The result depends only on
+// the thread count, never on scheduling: deterministic without atomics.
+inline int64_t bwd_chunks(const RowNormBwdParams& p) {
+  return std::max<int64_t>(1, std::min<int64_t>(p.sm_count, p.M));
+}
+
+template <typename T, bool kRms>
+void row_norm_bwd_typed(const RowNormBwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  constexpr int64_t kW = AccVec::size();
+  const int64_t M = p.M, N = p.N;
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+  const acc_t* mean_in = static_cast<const acc_t*>(p.mean);
+  const acc_t* rstd_in = static_cast<const acc_t*>(p.rstd);
+  const std::vector<acc_t> weight =
+      p.weight ? params_to_acc<acc_t>(p.weight, p.param_dtype, N) : std::vector<acc_t>();
+  const acc_t* w = p.weight ? weight.data() : nullptr;
+  const bool want_param_grads = p.dweight || p.dbias;
+  const int64_t chunks = bwd_chunks(p);
+  // Workspace layout: [chunks][2][N]: dweight partials, then dbias partials.
+  acc_t* partials = static_cast<acc_t*>(p.workspace);
+  const int64_t N_vec = N - N % C::kSize;
+
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      acc_t* dw_part = want_param_grads ? partials + chunk * 2 * N : nullptr;
+      acc_t* db_part = want_param_grads ? dw_part + N : nullptr;
+      if (want_param_grads) std::fill(dw_part, dw_part + 2 * N, acc_t(0));
+      const int64_t row_begin = M * chunk / chunks, row_end = M * (chunk + 1) / chunks;
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const T* xr = x + row * N;
+        const T* dyr = dy + row * N;
+        const acc_t mean = kRms ? acc_t(0) : mean_in[row];
+        const acc_t rstd = rstd_in[row];
+        const AccVec mean_vec(mean), rstd_vec(rstd);
+        // Scalar math: g = dy * w, xhat = (x - mean) * rstd; sums of g and g * xhat;
+        // dweight += dy * xhat, dbias += dy.
+        typename C::AccVec xv[C::kParts], dyv[C::kParts];
+        const auto [g_sum, gx_sum] = row_sums<C>(
+            N,
+            [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
+              C::load(xr + i, xv);
+              C::load(dyr + i, dyv);
+              for (int k = 0; k < C::kParts; ++k) {
+                const int64_t j = i + k * kW;
+                const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
+                const AccVec g = w ? dyv[k] * AccVec::loadu(w + j) : dyv[k];
+                if constexpr (!kRms) g_sum_vec = g_sum_vec + g;
+                gx_sum_vec = at::vec::fmadd(g, xhat, gx_sum_vec);
+                if (want_param_grads) {
+                  at::vec::fmadd(dyv[k], xhat, AccVec::loadu(dw_part + j)).store(dw_part + j);
+                  (AccVec::loadu(db_part + j) + dyv[k]).store(db_part + j);
+                }
+              }
+            },
+            [&](int64_t i, double& g_sum, double& gx_sum) {
+              const acc_t xhat = (static_cast<acc_t>(xr[i]) - mean) * rstd;
+              const acc_t dyi = static_cast<acc_t>(dyr[i]);
+              const acc_t g = w ? dyi * w[i] : dyi;
+              if constexpr (!kRms) g_sum += g;
+              gx_sum += g * xhat;
+              if (want_param_grads) {
+                dw_part[i] += dyi * xhat;
+                db_part[i] += dyi;
+              }
+            });
+        if (!dx) continue;
+        // Scalar math: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        const acc_t g_mean = static_cast<acc_t>(g_sum / N);
+        const acc_t gx_mean = static_cast<acc_t>(gx_sum / N);
+        const AccVec g_mean_vec(g_mean), gx_mean_vec(gx_mean);
+        T* dxr = dx + row * N;
+        for (int64_t i = 0; i < N_vec; i += C::kSize) {
+          C::load(xr + i, xv);
+          C::load(dyr + i, dyv);
+          for (int k = 0; k < C::kParts; ++k) {
+            const int64_t j = i + k * kW;
+            const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
+            const AccVec g = w ? dyv[k] * AccVec::loadu(w + j) : dyv[k];
+            xv[k] = rstd_vec * (g - g_mean_vec - xhat * gx_mean_vec);
+          }
+          C::store(dxr + i, xv);
+        }
+        for (int64_t i = N_vec; i < N; ++i) {
+          const acc_t xhat = (static_cast<acc_t>(xr[i]) - mean) * rstd;
+          const acc_t dyi = static_cast<acc_t>(dyr[i]);
+          const acc_t g = w ? dyi * w[i] : dyi;
+          dxr[i] = static_cast<T>(rstd * (g - g_mean - xhat * gx_mean));
+        }
+      }
+    }
+  });
+
+  if (!want_param_grads) return;
+  std::vector<acc_t> totals(2 * N);
+  at::parallel_for(0, 2 * N, 1 << 12, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      acc_t total = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk * 2 * N + j];
+      totals[j] = total;
+    }
+  });
+  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
+  if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
+}
+
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
+  if (!p.dweight && !p.dbias) return 0;
+  const size_t acc_size = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * acc_size;
+}
+
+void row_norm_fwd(const RowNormFwdParams& p) {
+  dispatch_x_dtype(p.x_dtype, [&](auto tag) {
+    using T = decltype(tag);
+    p.rms ? row_norm_fwd_typed<T, true>(p) : row_norm_fwd_typed<T, false>(p);
+  });
+}
+
+void row_norm_bwd(const RowNormBwdParams& p) {
+  dispatch_x_dtype(p.x_dtype, [&](auto tag) {
+    using T = decltype(tag);
+    p.rms ? row_norm_bwd_typed<T, true>(p) : row_norm_bwd_typed<T, false>(p);
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fused_norm

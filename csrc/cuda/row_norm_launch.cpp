@@ -1,0 +1,37 @@
+// CUDA implementations of the row-norm ops: the kernels of row_norm.cu (framework-free) launched
+// on the current stream, behind the shared torch-facing code of csrc/common/row_norm.h.
+#include <torch/library.h>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "../common/row_norm.h"
+#include "row_norm_kernels.h"
+
+namespace fused_norm {
+namespace cuda {
+namespace {
+
+const RowNormBackend& cuda_backend() {
+  static const RowNormBackend backend = {
+      [](const RowNormFwdParams& p) {
+        C10_CUDA_CHECK(row_norm_fwd(p, at::cuda::getCurrentCUDAStream()));
+      },
+      [](const RowNormBwdParams& p) {
+        C10_CUDA_CHECK(row_norm_bwd(p, at::cuda::getCurrentCUDAStream()));
+      },
+      row_norm_bwd_workspace_bytes,
+      [](const at::Tensor& t) {
+        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
+      }};
+  return backend;
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(fused_norm, CUDA, m) {
+  register_row_norm_kernels<cuda::cuda_backend>(m);
+}
+
+}  // namespace fused_norm

@@ -1,0 +1,214 @@
+"""Python-side registration of the fused_norm ops: fake (meta) kernels, autograd, autocast.
+
+The schemas and the CPU/CUDA kernels are registered in C++ (csrc/registration.cpp); importing
+fused_norm._C loads them.
+"""
+
+import math
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library: schemas and kernels)
+from .reference import row_norm_bwd_ref, stats_dtype
+
+ops = torch.ops.fused_norm
+
+
+def _num_rows(input, normalized_shape):
+    return math.prod(input.shape[: input.dim() - len(normalized_shape)])
+
+
+def _unwanted(input):
+    """What the backward ops return for an output they were not asked for."""
+    return input.new_empty((0,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: shapes and dtypes of the outputs, for torch.compile and meta tensors.
+
+
+@torch.library.register_fake("fused_norm::layer_norm_fwd")
+def _layer_norm_fwd_fake(input, normalized_shape, weight, bias, eps):
+    M = _num_rows(input, normalized_shape)
+    stats = stats_dtype(input.dtype)
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        input.new_empty((M,), dtype=stats),
+        input.new_empty((M,), dtype=stats),
+    )
+
+
+@torch.library.register_fake("fused_norm::rms_norm_fwd")
+def _rms_norm_fwd_fake(input, normalized_shape, weight, eps):
+    M = _num_rows(input, normalized_shape)
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        input.new_empty((M,), dtype=stats_dtype(input.dtype)),
+    )
+
+
+def _param_grad_fake(wanted, param, input):
+    if wanted and param is not None:
+        return torch.empty_like(param, memory_format=torch.contiguous_format)
+    return _unwanted(input)
+
+
+@torch.library.register_fake("fused_norm::layer_norm_bwd")
+def _layer_norm_bwd_fake(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    dx = torch.empty_like(input, memory_format=torch.contiguous_format)
+    return (
+        dx if output_mask[0] else _unwanted(input),
+        _param_grad_fake(output_mask[1], weight, input),
+        _param_grad_fake(output_mask[2], bias, input),
+    )
+
+
+@torch.library.register_fake("fused_norm::rms_norm_bwd")
+def _rms_norm_bwd_fake(grad_out, input, normalized_shape, rstd, weight, output_mask):
+    dx = torch.empty_like(input, memory_format=torch.contiguous_format)
+    return dx if output_mask[0] else _unwanted(input), _param_grad_fake(output_mask[1], weight, input)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd. The forward ops' backward is the backward op; the backward ops' own backward (double
+# backward) differentiates the reference formula of row_norm_bwd_ref.
+
+
+def _layer_norm_fwd_setup(ctx, inputs, output):
+    input, normalized_shape, weight, bias, _eps = inputs
+    _y, mean, rstd = output
+    ctx.normalized_shape = normalized_shape
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(input, mean, rstd, weight, bias)
+
+
+def _layer_norm_fwd_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+    input, mean, rstd, weight, bias = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2] and weight is not None, need[3] and bias is not None]
+    dx, dweight, dbias = ops.layer_norm_bwd(
+        grad_y, input, ctx.normalized_shape, mean, rstd, weight, bias, mask
+    )
+    return (
+        dx if mask[0] else None,
+        None,
+        dweight if mask[1] else None,
+        dbias if mask[2] else None,
+        None,
+    )
+
+
+def _rms_norm_fwd_setup(ctx, inputs, output):
+    input, normalized_shape, weight, _eps = inputs
+    _y, rstd = output
+    ctx.normalized_shape = normalized_shape
+    ctx.mark_non_differentiable(rstd)
+    ctx.save_for_backward(input, rstd, weight)
+
+
+def _rms_norm_fwd_backward(ctx, grad_y, _grad_rstd):
+    input, rstd, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2] and weight is not None]
+    dx, dweight = ops.rms_norm_bwd(grad_y, input, ctx.normalized_shape, rstd, weight, mask)
+    return dx if mask[0] else None, None, dweight if mask[1] else None, None
+
+
+def _differentiable_stats(rows, mean, rstd, rms):
+    """mean and rstd with their saved values but the derivatives of functions of `rows`.
+
+    The backward op takes the statistics as inputs, but they are functions of x: its own
+    backward must differentiate through them. var + eps = 1 / rstd^2, so rstd can be rebuilt
+    from the variance of `rows` exactly without knowing eps: all derivatives of rsqrt(var + eps)
+    depend on var + eps alone."""
+    if rms:
+        var = rows.square().mean(-1)
+        mean = None
+    else:
+        recomputed_mean = rows.mean(-1)
+        var = (rows - recomputed_mean[:, None]).square().mean(-1)
+        mean = recomputed_mean - recomputed_mean.detach() + mean
+    rstd = torch.rsqrt(var - var.detach() + rstd.to(rows.dtype).reciprocal().square())
+    return mean, rstd
+
+
+def _row_norm_double_backward(ctx, grads, rms):
+    """Gradients of (dx, dweight, dbias) w.r.t. (grad_out, input, weight). Outputs the backward
+    op was not asked for (empty [0] tensors) pass no gradient."""
+    grad_out, input, mean, rstd, weight = ctx.saved_tensors
+    grads = [g if wanted else None for g, wanted in zip(grads, ctx.output_mask)]
+    normalized_shape = ctx.normalized_shape
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = [grad_out.detach().requires_grad_(), input.detach().requires_grad_()]
+        if weight is not None:
+            leaves.append(weight.detach().requires_grad_())
+        rows = leaves[1].reshape(rstd.shape[0], -1).to(stats_dtype(input.dtype))
+        mean_d, rstd_d = _differentiable_stats(rows, mean, rstd, rms)
+        outs = row_norm_bwd_ref(
+            leaves[0], leaves[1], normalized_shape, mean_d, rstd_d,
+            leaves[2] if weight is not None else None, rms,
+        )
+        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None]
+        if not pairs:
+            return [None] * len(leaves)
+        result = torch.autograd.grad(
+            [o for o, _ in pairs], leaves, [g for _, g in pairs],
+            create_graph=create_graph, allow_unused=True,
+        )
+    return list(result)
+
+
+def _layer_norm_bwd_setup(ctx, inputs, output):
+    grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = inputs
+    ctx.normalized_shape = normalized_shape
+    ctx.output_mask = [output_mask[0], output_mask[1] and weight is not None,
+                       output_mask[2] and bias is not None]
+    ctx.save_for_backward(grad_out, input, mean, rstd, weight)
+
+
+def _layer_norm_bwd_backward(ctx, grad_dx, grad_dweight, grad_dbias):
+    grads = [grad_dx, grad_dweight, grad_dbias]
+    g_dy, g_x, *g_w = _row_norm_double_backward(ctx, grads, rms=False)
+    return g_dy, g_x, None, None, None, (g_w[0] if g_w else None), None, None
+
+
+def _rms_norm_bwd_setup(ctx, inputs, output):
+    grad_out, input, normalized_shape, rstd, weight, output_mask = inputs
+    ctx.normalized_shape = normalized_shape
+    ctx.output_mask = [output_mask[0], output_mask[1] and weight is not None, False]
+    ctx.save_for_backward(grad_out, input, None, rstd, weight)
+
+
+def _rms_norm_bwd_backward(ctx, grad_dx, grad_dweight):
+    g_dy, g_x, *g_w = _row_norm_double_backward(ctx, [grad_dx, grad_dweight, None], rms=True)
+    return g_dy, g_x, None, None, (g_w[0] if g_w else None), None
+
+
+torch.library.register_autograd(
+    "fused_norm::layer_norm_fwd", _layer_norm_fwd_backward, setup_context=_layer_norm_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::rms_norm_fwd", _rms_norm_fwd_backward, setup_context=_rms_norm_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::layer_norm_bwd", _layer_norm_bwd_backward, setup_context=_layer_norm_bwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::rms_norm_bwd", _rms_norm_bwd_backward, setup_context=_rms_norm_bwd_setup
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
+# from torch 2.13, rms_norm) in float32; under CPU autocast it leaves both in the input dtype.
+
+
+def _torch_autocasts(aten_op, dispatch_key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(aten_op, dispatch_key)
+
+
+for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm")):
+    for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
+        if _torch_autocasts(_theirs, _key):
+            torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)

@@ -1,0 +1,175 @@
+"""The main job: fused_norm against torch eager and torch.compile, forward and backward.
+
+    python -m fused_norm.benchmark                 # every op on the present device
+    python -m fused_norm.benchmark --ops rms_norm --dtypes bfloat16 --json out.json
+
+Prints, per op, dtype and shape: the median time of each implementation, its bandwidth (each
+tensor counted once: forward reads x and writes y; backward reads x and dy and writes dx), that
+bandwidth as a fraction of a device copy of the same bytes measured in the same run, and our
+speed-up over each peer. Speed is measured here, never asserted in tests.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fused_norm
+
+# name -> (ours, torch's); each takes (x, weight, bias) and normalizes over the last dim.
+# Ops without a bias get bias=None.
+OPS = {
+    "layer_norm": (
+        lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
+        lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b),
+    ),
+    "rms_norm": (
+        lambda x, w, b: fused_norm.rms_norm(x, x.shape[-1:], w),
+        lambda x, w, b: F.rms_norm(x, x.shape[-1:], w),
+    ),
+}
+
+# (rows, hidden): hidden sizes of common models at a fixed element count, plus very long rows.
+CUDA_SHAPES = [(32768, 1024), (16384, 2048), (8192, 4096), (4096, 8192), (2048, 16384),
+               (512, 65536)]
+CPU_SHAPES = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)]
+
+
+def timer(device):
+    """A function that returns the median seconds of fn() over `reps` runs after warm-up."""
+
+    def measure(fn, reps):
+        for _ in range(3):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            for start, end in zip(starts, ends):
+                start.record()
+                fn()
+                end.record()
+            torch.cuda.synchronize()
+            return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
+        times = []
+        for _ in range(reps):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+        return statistics.median(times)
+
+    return measure
+
+
+def forward_and_backward(fn, x, w, b, dy):
+    """Callables that time the forward alone and the backward alone (graph kept between runs)."""
+    leaves = [t for t in (x, w, b) if t is not None]
+    y = fn(x, w, b)
+
+    def forward():
+        with torch.no_grad():
+            fn(x, w, b)
+
+    def backward():
+        torch.autograd.grad(y, leaves, dy, retain_graph=True)
+
+    return forward, backward
+
+
+def run(device, op_names, dtypes, shapes, reps, compile_peer):
+    measure = timer(device)
+    rows = []
+    for op_name in op_names:
+        ours, theirs = OPS[op_name]
+        impls = {"fused_norm": ours, "torch": theirs}
+        has_bias = op_name != "rms_norm"
+        if compile_peer:
+            impls["torch.compile"] = torch.compile(theirs, dynamic=False)
+        for dtype in dtypes:
+            for M, N in shapes:
+                x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+                w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+                b = (torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+                     if has_bias else None)
+                dy = torch.randn_like(x)
+                tensor_bytes = x.numel() * x.element_size()
+                copy_dst = torch.empty_like(x)
+                copy_time = measure(lambda: copy_dst.copy_(x.detach()), reps)
+                copy_bw = 2 * tensor_bytes / copy_time
+                for direction, moved in (("fwd", 2 * tensor_bytes), ("bwd", 3 * tensor_bytes)):
+                    times = {}
+                    for name, fn in impls.items():
+                        fwd, bwd = forward_and_backward(fn, x, w, b, dy)
+                        times[name] = measure(fwd if direction == "fwd" else bwd, reps)
+                    row = {
+                        "op": op_name, "dtype": str(dtype).replace("torch.", ""), "M": M, "N": N,
+                        "direction": direction, "copy_GBps": copy_bw / 1e9,
+                    }
+                    for name, seconds in times.items():
+                        row[f"{name}_us"] = seconds * 1e6
+                        row[f"{name}_GBps"] = moved / seconds / 1e9
+                        row[f"{name}_copy_frac"] = moved / seconds / copy_bw
+                    for name in impls:
+                        if name != "fused_norm":
+                            row[f"speedup_vs_{name}"] = times[name] / times["fused_norm"]
+                    rows.append(row)
+                    print_row(row, impls)
+                del x, w, b, dy, copy_dst
+    return rows
+
+
+def print_row(row, impls):
+    peers = [name for name in impls if name != "fused_norm"]
+    cells = [f"{row['op']:<10} {row['dtype']:<8} {row['M']:>6}x{row['N']:<7} {row['direction']}"]
+    for name in impls:
+        cells.append(
+            f"{name} {row[f'{name}_us']:9.1f}us {row[f'{name}_GBps']:7.1f}GB/s "
+            f"({100 * row[f'{name}_copy_frac']:3.0f}%)"
+        )
+    cells += [f"x{row[f'speedup_vs_{p}']:.2f} vs {p}" for p in peers]
+    print(" | ".join(cells), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
+    parser.add_argument("--dtypes", nargs="+", default=None,
+                        help="default: bfloat16 on CUDA; float32 and bfloat16 on CPU")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    is_cuda = device.type == "cuda"
+    dtypes = [getattr(torch, d) for d in (args.dtypes or
+              (["bfloat16"] if is_cuda else ["float32", "bfloat16"]))]
+    shapes = ([tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+              if args.shapes else (CUDA_SHAPES if is_cuda else CPU_SHAPES))
+    reps = args.reps or (50 if is_cuda else 10)
+    print(f"fused_norm {fused_norm.__version__} | torch {torch.__version__} | "
+          f"{torch.cuda.get_device_name(device) if is_cuda else 'CPU'} | "
+          f"threads {torch.get_num_threads()}", flush=True)
+    rows = run(device, args.ops, dtypes, shapes, reps, compile_peer=not args.no_compile)
+    if rows:
+        speedups = [r[k] for r in rows for k in r if k.startswith("speedup_vs_")]
+        geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
+        print(f"geometric-mean speed-up over all peers and shapes: x{geomean:.2f}")
+    if args.json:
+        meta = {"device": torch.cuda.get_device_name(device) if is_cuda else "cpu",
+                "torch": torch.__version__, "fused_norm": fused_norm.__version__,
+                "threads": torch.get_num_threads()}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Plain-torch reference math of the fused ops, differentiable to any order.
+
+Used by the tests and benchmarks as an independent oracle, and by _ops.py for double backward.
+Statistics and arithmetic are in the opmath dtype (float32, float64 for float64 input); results
+come back in the input's dtype, like the kernels.
+"""
+
+import math
+
+import torch
+
+
+def stats_dtype(dtype):
+    """The dtype statistics are kept in: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows(x, normalized_shape):
+    """x as [M, N]: N = prod(normalized_shape), M the rest."""
+    N = math.prod(normalized_shape)
+    M = math.prod(x.shape[: x.dim() - len(normalized_shape)])
+    return x.reshape(M, N).to(stats_dtype(x.dtype))
+
+
+def layer_norm_ref(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    normalized_shape = tuple(normalized_shape)
+    rows = _rows(x, normalized_shape)
+    mean = rows.mean(-1, keepdim=True)
+    var = (rows - mean).square().mean(-1, keepdim=True)
+    y = ((rows - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(x.dtype)
+
+
+def rms_norm_ref(x, normalized_shape, weight=None, eps=None):
+    normalized_shape = tuple(normalized_shape)
+    rows = _rows(x, normalized_shape)
+    if eps is None:
+        eps = torch.finfo(rows.dtype).eps
+    y = (rows * torch.rsqrt(rows.square().mean(-1, keepdim=True) + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    return y.to(x.dtype)
+
+
+def row_norm_bwd_ref(grad_out, x, normalized_shape, mean, rstd, weight, rms):
+    """(dx, dweight, dbias) of LayerNorm (rms=False) or RMSNorm given the saved statistics.
+
+    mean/rstd are [M]; mean is ignored for RMSNorm. dweight is None without weight; dbias (the
+    column sum of grad_out) is in the weight's dtype, or the input's without weight.
+    """
+    normalized_shape = tuple(normalized_shape)
+    N = math.prod(normalized_shape)
+    rows = _rows(x, normalized_shape)
+    dy = _rows(grad_out, normalized_shape)
+    rstd = rstd.to(rows.dtype)[:, None]
+    centered = rows if rms else rows - mean.to(rows.dtype)[:, None]
+    xhat = centered * rstd
+    g = dy if weight is None else dy * weight.to(rows.dtype).reshape(1, N)
+    inner = g - xhat * (g * xhat).mean(-1, keepdim=True)
+    if not rms:
+        inner = inner - g.mean(-1, keepdim=True)
+    dx = (rstd * inner).reshape(x.shape).to(x.dtype)
+    param_dtype = x.dtype if weight is None else weight.dtype
+    dweight = None if weight is None else (dy * xhat).sum(0).reshape(normalized_shape).to(param_dtype)
+    dbias = dy.sum(0).reshape(normalized_shape).to(param_dtype)
+    return dx, dweight, dbias

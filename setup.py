@@ -1,0 +1,104 @@
+"""Builds fused_norm._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a CUDA
+build of torch are present. FUSED_NORM_CUDA=1 forces CUDA on (an error if it cannot be built),
+FUSED_NORM_CUDA=0 forces it off. Run `pip install --no-build-isolation -e .` after torch."""
+
+import glob
+import importlib.util
+import os
+
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _locate_cuda_home():
+    """torch takes CUDA_HOME as the folder above `which nvcc`. Where nvcc is a wrapper or link
+    outside the toolkit (here /usr/local/bin/nvcc runs /usr/local/cuda-13.0/bin/nvcc) that folder
+    has no CUDA headers; then take the toolkit in its standard location, before torch looks."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_locate_cuda_home()
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
+
+
+def want_cuda():
+    forced = os.environ.get("FUSED_NORM_CUDA")
+    available = cpp_extension.CUDA_HOME is not None and _torch_cuda_version() is not None
+    if forced == "1":
+        if not available:
+            raise RuntimeError(
+                "FUSED_NORM_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch found"
+            )
+        return True
+    if forced == "0":
+        return False
+    return available
+
+
+def _torch_cuda_version():
+    import torch
+
+    return torch.version.cuda
+
+
+def nvidia_wheel_include_dirs():
+    """Include folders of the nvidia-* wheels that a pip-installed CUDA torch depends on.
+
+    torch's CUDA headers include cusparse.h, cublas_v2.h and friends, which the CUDA 13 wheels
+    put in site-packages/nvidia/cu13/include (CUDA 12 wheels: nvidia/<lib>/include), not in the
+    toolkit, so the build must add them itself."""
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    dirs = []
+    for base in spec.submodule_search_locations:
+        dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def sources(*patterns):
+    return sorted(
+        os.path.relpath(path, ROOT)
+        for pattern in patterns
+        for path in glob.glob(os.path.join(ROOT, pattern))
+    )
+
+
+def extension():
+    # No -std: torch adds the standard its headers need (C++17 up to 2.12, C++20 after).
+    cxx_flags = ["-O3"]
+    cpu_sources = sources("csrc/*.cpp", "csrc/common/*.cpp", "csrc/cpu/*.cpp")
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "fused_norm._C", cpu_sources, extra_compile_args={"cxx": cxx_flags}
+        )
+    # Build for Ampere and Hopper unless the user names other architectures.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    # -isystem, not -I: searched after the toolkit's own include folder, which must win where
+    # both hold a header (cuda_runtime_api.h and friends).
+    for include_dir in nvidia_wheel_include_dirs():
+        cxx_flags += ["-isystem", include_dir]
+    return cpp_extension.CUDAExtension(
+        "fused_norm._C",
+        cpu_sources + sources("csrc/cuda/*.cpp", "csrc/cuda/*.cu"),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
