@@ -898,3 +898,30 @@ def test_weight_grad_deterministic(norm, dtype, device):
     for name, a, c in zip(("dx", "dweight", "dbias"), g1, g2):
         if a is not None:
             assert torch.equal(a, c), f"{name} differs between two identical runs"
+
+
+@requires_cuda
+@pytest.mark.parametrize("norm", NORMS)
+def test_cuda_64bit_indexing(norm):
+    """More than 2^31 elements in total (rows at offsets past int32): the last rows must be
+    normalized as correctly as the first, forward and backward (needs ~13 GB of GPU memory)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with at least 24 GB for three 4.3 GB tensors")
+    N = 4096
+    M = (1 << 31) // N + 5
+    x = torch.randn(M, N, dtype=torch.bfloat16, device="cuda")
+    w = torch.randn(N, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(N, dtype=torch.bfloat16, device="cuda") if norm.has_bias else None
+    params = (w, b) if norm.has_bias else (w,)
+    mask = [True, False, False] if norm.has_bias else [True, False]
+    rows = torch.tensor([0, M // 2, M - 2, M - 1], device="cuda")
+    dy_rows = torch.randn(len(rows), N, dtype=x.dtype, device="cuda")
+    y_ref, grads_ref = oracle(norm, x[rows], (N,), w, b, 1e-5, dy_rows)
+
+    y, *stats = norm.fwd_op()(x, (N,), *params, 1e-5)
+    assert_close(y[rows], y_ref, torch.bfloat16, "fwd", msg="y")
+    del y
+    dy = torch.zeros_like(x)
+    dy[rows] = dy_rows
+    dx = norm.bwd_op()(dy, x, (N,), *stats, *params, mask)[0]
+    assert_close(dx[rows], grads_ref[0], torch.bfloat16, "bwd", msg="dx")

@@ -29,14 +29,14 @@ struct Chunk {
   static constexpr int64_t kSize = Vectorized<T>::size();
   static constexpr int kParts = kSize / AccVec::size();
 
-  static void load(const T* p, AccVec (&v)[kParts]) {
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts]) {
     if constexpr (kParts == 1) {
       v[0] = AccVec::loadu(p);
     } else {
       std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
     }
   }
-  static void store(T* p, const AccVec (&v)[kParts]) {
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts]) {
     if constexpr (kParts == 1) {
       v[0].store(p);
     } else {
@@ -65,8 +65,10 @@ double horizontal_sum(const Vectorized<acc_t> (&chains)[kChains]) {
   return sum;
 }
 
+// Always inlined: called out of line, the lambdas' captures would be reached through the closure
+// pointer and reloaded after every vector store (the vector types may alias anything).
 template <typename C, typename ChunkF, typename ElementF>
-std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chunk, ElementF&& add_element) {
+C10_ALWAYS_INLINE std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chunk, ElementF&& add_element) {
   using AccVec = typename C::AccVec;
   const int64_t N_vec = N - N % C::kSize;
   double total1 = 0, total2 = 0;
@@ -158,10 +160,10 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
       // the variance keeps its precision for data far from zero, in one pass over the row.
       const acc_t shift = kRms ? acc_t(0) : static_cast<acc_t>(xr[0]);
       const AccVec shift_vec(shift);
-      typename C::AccVec v[C::kParts];
       const auto [sum_d, sumsq_d] = row_sums<C>(
           N,
           [&](int64_t i, AccVec& sum, AccVec& sumsq) {
+            AccVec v[C::kParts];
             C::load(xr + i, v);
             for (int k = 0; k < C::kParts; ++k) {
               const AccVec d = v[k] - shift_vec;
@@ -185,6 +187,7 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
       // Scalar math: y = (x - mean) * rstd * w + b
       const AccVec mean_vec(mean), rstd_vec(rstd);
       for (int64_t i = 0; i < N_vec; i += C::kSize) {
+        AccVec v[C::kParts];
         C::load(xr + i, v);
         for (int k = 0; k < C::kParts; ++k) {
           const int64_t j = i + k * kW;
@@ -247,10 +250,10 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
         const AccVec mean_vec(mean), rstd_vec(rstd);
         // Scalar math: g = dy * w, xhat = (x - mean) * rstd; sums of g and g * xhat;
         // dweight += dy * xhat, dbias += dy.
-        typename C::AccVec xv[C::kParts], dyv[C::kParts];
         const auto [g_sum, gx_sum] = row_sums<C>(
             N,
             [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
+              AccVec xv[C::kParts], dyv[C::kParts];
               C::load(xr + i, xv);
               C::load(dyr + i, dyv);
               for (int k = 0; k < C::kParts; ++k) {
@@ -283,6 +286,7 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
         const AccVec g_mean_vec(g_mean), gx_mean_vec(gx_mean);
         T* dxr = dx + row * N;
         for (int64_t i = 0; i < N_vec; i += C::kSize) {
+          AccVec xv[C::kParts], dyv[C::kParts];
           C::load(xr + i, xv);
           C::load(dyr + i, dyv);
           for (int k = 0; k < C::kParts; ++k) {
