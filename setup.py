@@ -69,17 +69,23 @@ def nvidia_wheel_include_dirs():
 
 
 def sources(*patterns):
-    return sorted(
+    """The files matching each pattern, in pattern order (link order)."""
+    return [
         os.path.relpath(path, ROOT)
         for pattern in patterns
-        for path in glob.glob(os.path.join(ROOT, pattern))
-    )
+        for path in sorted(glob.glob(os.path.join(ROOT, pattern)))
+    ]
 
 
 def extension():
     # No -std: torch adds the standard its headers need (C++17 up to 2.12, C++20 after).
     cxx_flags = ["-O3"]
-    cpu_sources = sources("csrc/*.cpp", "csrc/common/*.cpp", "csrc/cpu/*.cpp")
+    # The per-ISA CPU kernel files (csrc/cpu/row_norm_avx*.cpp) link last: where they and a
+    # baseline file both hold a copy of an inline function, the linker keeps the first one, which
+    # must be the baseline copy that any CPU can run.
+    cpu_sources = sources(
+        "csrc/*.cpp", "csrc/common/*.cpp", "csrc/cpu/row_norm_cpu.cpp",
+        "csrc/cpu/row_norm_default.cpp", "csrc/cpu/row_norm_avx*.cpp")
     if not want_cuda():
         return cpp_extension.CppExtension(
             "fused_norm._C", cpu_sources, extra_compile_args={"cxx": cxx_flags}

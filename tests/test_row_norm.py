@@ -180,14 +180,21 @@ def test_parity_row_of_1M(norm, dtype, device):
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")])
 @pytest.mark.parametrize("norm", NORMS)
 def test_mixed_dtype_fp32_weight(norm, dtype, device):
-    """Low-precision input with fp32 weight/bias: output in the input dtype, like torch."""
+    """Low-precision input with fp32 weight/bias: output in the input dtype, like torch (where
+    torch accepts the pair at all: torch 2.11's CUDA layer_norm rejects fp16 x with fp32 weight,
+    which we accept)."""
     shape, ns = (6, 5, 96), (96,)
     x = torch.randn(shape, dtype=dtype, device=device)
     w = torch.randn(ns, device=device)
     b = torch.randn(ns, device=device) if norm.has_bias else None
-    y_torch = norm.call(norm.ref(), x, ns, w, b)
     y, grads = check_parity(norm, x, ns, w, b, tol_dtype=dtype)
-    assert y.dtype == y_torch.dtype == dtype
+    assert y.dtype == dtype
+    try:
+        y_torch = norm.call(norm.ref(), x, ns, w, b)
+    except RuntimeError as error:
+        assert "expected scalar type" in str(error)
+    else:
+        assert y_torch.dtype == dtype
     assert grads[0].dtype == dtype
     assert grads[1].dtype == torch.float32
     if b is not None:

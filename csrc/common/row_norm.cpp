@@ -1,7 +1,9 @@
 #include "row_norm.h"
 
+#include "message.h"
+
 #include <cmath>
-#include <sstream>
+#include <string>
 
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
@@ -15,7 +17,7 @@ DType to_dtype(at::ScalarType t) {
     case at::kDouble: return DType::kFloat64;
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_INTERNAL_ASSERT(false, "no kernel dtype for ", t);
+    default: TORCH_INTERNAL_ASSERT(false, message("no kernel dtype for ", t));
   }
 }
 
@@ -30,21 +32,24 @@ at::ScalarType stats_dtype(at::ScalarType input) {
 
 void check_same_device(const at::Tensor& input, const at::Tensor& other) {
   TORCH_CHECK(input.device() == other.device(),
-              "Expected all tensors to be on the same device, but found at least two devices, ",
-              input.device(), " and ", other.device(), "!");
+              message("Expected all tensors to be on the same device, but found at least two "
+                      "devices, ",
+                      input.device(), " and ", other.device(), "!"));
 }
 
 void check_param(const char* name, const at::Tensor& param, const at::Tensor& input,
                  at::IntArrayRef normalized_shape) {
-  TORCH_CHECK(param.sizes().equals(normalized_shape), "Expected ", name,
-              " to be of same shape as normalized_shape, but got ", name, " of shape ",
-              param.sizes(), " and normalized_shape = ", normalized_shape);
+  TORCH_CHECK(param.sizes().equals(normalized_shape),
+              message("Expected ", name, " to be of same shape as normalized_shape, but got ",
+                      name, " of shape ", param.sizes(), " and normalized_shape = ",
+                      normalized_shape));
   check_same_device(input, param);
   const at::ScalarType x = input.scalar_type(), p = param.scalar_type();
   // Like torch: parameters in the input's dtype, or float32 parameters with a 16-bit input.
   const bool mixed_ok = p == at::kFloat && (x == at::kHalf || x == at::kBFloat16);
-  TORCH_CHECK(p == x || mixed_ok, "mixed dtype: expected ", name, " to have the input's dtype (",
-              x, ") or float32 for a 16-bit input, but got ", name, " of dtype ", p);
+  TORCH_CHECK(p == x || mixed_ok,
+              message("mixed dtype: expected ", name, " to have the input's dtype (", x,
+                      ") or float32 for a 16-bit input, but got ", name, " of dtype ", p));
 }
 
 struct RowShape {
@@ -58,36 +63,36 @@ RowShape check_row_norm_args(const char* op, bool rms, const at::Tensor& input,
                              const std::optional<at::Tensor>& weight,
                              const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(!normalized_shape.empty(),
-              "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least "
-              "one element, but got normalized_shape = ",
-              normalized_shape);
-  TORCH_CHECK_NOT_IMPLEMENTED(is_kernel_dtype(input.scalar_type()), "\"", op,
-                              "\" not implemented for '", toString(input.scalar_type()), "'");
+              message("Expected normalized_shape to be at least 1-dimensional, i.e., containing "
+                      "at least one element, but got normalized_shape = ",
+                      normalized_shape));
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      is_kernel_dtype(input.scalar_type()),
+      message("\"", op, "\" not implemented for '", input.scalar_type(), "'"));
   if (weight && weight->defined()) check_param("weight", *weight, input, normalized_shape);
   if (bias && bias->defined()) check_param("bias", *bias, input, normalized_shape);
   if (weight && weight->defined() && bias && bias->defined()) {
     TORCH_CHECK(weight->scalar_type() == bias->scalar_type(),
-                "mixed dtype: expected weight and bias to have the same dtype, but got ",
-                weight->scalar_type(), " and ", bias->scalar_type());
+                message("mixed dtype: expected weight and bias to have the same dtype, but got ",
+                        weight->scalar_type(), " and ", bias->scalar_type()));
   }
   const int64_t norm_ndim = static_cast<int64_t>(normalized_shape.size());
   const int64_t input_ndim = input.dim();
   if (rms) {
     // torch's rms_norm checks the rank first, with a ValueError.
-    TORCH_CHECK_VALUE(input_ndim >= norm_ndim, "Input tensor must have at least ", norm_ndim,
-                      " dimensions, but got ", input_ndim);
+    TORCH_CHECK_VALUE(input_ndim >= norm_ndim, message("Input tensor must have at least ",
+                                                       norm_ndim, " dimensions, but got ",
+                                                       input_ndim));
   }
   const bool shape_ok =
       input_ndim >= norm_ndim &&
       input.sizes().slice(input_ndim - norm_ndim).equals(normalized_shape);
   if (!shape_ok) {
-    std::stringstream expected;
-    expected << "[*";
-    for (int64_t size : normalized_shape) expected << ", " << size;
-    expected << "]";
-    TORCH_CHECK(false, "Given normalized_shape=", normalized_shape,
-                ", expected input with shape ", expected.str(), ", but got input of size",
-                input.sizes());
+    // torch writes the expected shape as [*, 4, 8].
+    const std::string expected = "[*, " + to_text(normalized_shape).substr(1);
+    TORCH_CHECK(false, message("Given normalized_shape=", normalized_shape,
+                               ", expected input with shape ", expected,
+                               ", but got input of size", input.sizes()));
   }
   int64_t M = 1, N = 1;
   for (int64_t d = 0; d < input_ndim - norm_ndim; ++d) M *= input.size(d);
@@ -156,18 +161,20 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
                      const at::Tensor& rstd_in, const std::optional<at::Tensor>& weight_in,
                      const std::optional<at::Tensor>& bias_in, std::array<bool, 3> output_mask) {
   const RowShape shape = check_row_norm_args(op, rms, input, normalized_shape, weight_in, bias_in);
-  TORCH_CHECK(grad_out.sizes().equals(input.sizes()), op, ": expected grad_out of shape ",
-              input.sizes(), " (the input's), but got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), op,
-              ": expected grad_out of dtype ", input.scalar_type(), ", but got ",
-              grad_out.scalar_type());
+  TORCH_CHECK(grad_out.sizes().equals(input.sizes()),
+              message(op, ": expected grad_out of shape ", input.sizes(),
+                      " (the input's), but got ", grad_out.sizes()));
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
+              message(op, ": expected grad_out of dtype ", input.scalar_type(), ", but got ",
+                      grad_out.scalar_type()));
   check_same_device(input, grad_out);
   const at::ScalarType stats = stats_dtype(input.scalar_type());
   auto check_stats = [&](const char* name, const at::Tensor& t) {
     check_same_device(input, t);
-    TORCH_CHECK(t.numel() == shape.M && t.scalar_type() == stats, op, ": expected ", name,
-                " with ", shape.M, " elements of dtype ", stats, " (as returned by the forward), "
-                "but got ", t.numel(), " elements of dtype ", t.scalar_type());
+    TORCH_CHECK(t.numel() == shape.M && t.scalar_type() == stats,
+                message(op, ": expected ", name, " with ", shape.M, " elements of dtype ", stats,
+                        " (as returned by the forward), but got ", t.numel(),
+                        " elements of dtype ", t.scalar_type()));
   };
   check_stats("rstd", rstd_in);
   if (!rms) check_stats("mean", *mean_in);

@@ -76,6 +76,11 @@ constexpr int kFwdBlockMaxThreads = 512;
 // against 2.5-2.8 with 4): fewer threads per row means more rows resident per SM, whose
 // reductions and barriers overlap other rows' loads.
 constexpr int kFwdTargetIters = 8;
+// Register cap of the forward register kernels (fp64 excepted: it would spill): 80 lets three
+// 256-thread blocks share an SM (88+ registers, the compiler's free choice, allow two).
+// Measured on H100, bf16 RMSNorm: N = 16384 2.79 -> 2.88 TB/s, N = 65536 2.07 -> 2.40; no
+// spills for fp32/fp16/bf16 (see -Xptxas -v).
+constexpr int kFwdRegsMaxRegs = 80;
 // Cluster slices: 256 threads x 8 vectors; 2+ slices per SM from different rows overlap one
 // row's reduction barriers with another's loads (a single 1024-thread block per SM would not).
 constexpr int kFwdClusterThreads = 256;
@@ -87,15 +92,10 @@ constexpr int kBwdBlockIters = 4;
 constexpr int kBwdBlockMaxThreads = 256;
 // The backward kernels use up to ~128 registers/thread: 512 resident threads per SM. The
 // persistent grid is sized to what is resident (more blocks would only add workspace rows).
+// Tried and dropped: a software-pipelined block kernel (next row's x/dy loaded before this
+// row's barriers, dweight/dbias accumulators in shared memory) measured slower on H100, bf16
+// (N = 65536 LayerNorm 1.16 against 1.32 TB/s; N <= 16384 equal or 0.05 lower).
 constexpr int kBwdResidentThreadsPerSm = 512;
-
-// LayerNorm forward statistics with one round of barriers (per-thread exact mean/m2, Chan merge
-// over the row) rather than two (sum -> mean, then sum of squared deviations).
-constexpr bool kFwdOneReduction = true;
-
-// Block/cluster backward: the software-pipelined kernel (next row's x/dy prefetched, dweight/
-// dbias accumulators in shared memory) rather than the all-registers one.
-constexpr bool kBwdPipelined = false;
 
 // Portable cluster size limit (16 needs a non-portable opt-in).
 constexpr int kMaxCluster = 8;
@@ -117,7 +117,6 @@ struct RowLaunch {
   int cluster = 1;     // blocks sharing one row (1: no cluster)
   int64_t blocks = 0;  // grid size, a multiple of cluster
   int64_t groups = 0;  // rows of the backward's dweight/dbias workspace
-  size_t smem = 0;     // dynamic shared memory per block
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -155,8 +154,7 @@ constexpr int kColumnThreads = 256;
 // At most this many row slices (workspace rows) for the column kernel.
 constexpr int64_t kMaxColumnSlices = 64;
 
-RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int sm_count,
-                            size_t acc_bytes) {
+RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int sm_count) {
   RowLaunch L;
   L.vec = vec;
   sm_count = std::max(sm_count, 1);
@@ -191,8 +189,6 @@ RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int
     return L;
   }
   L.groups = L.blocks / L.cluster;
-  if (L.path == RowPath::kBlock && kBwdPipelined)
-    L.smem = size_t(2) * kBwdBlockIters * L.threads * vec * acc_bytes;
   return L;
 }
 
@@ -263,38 +259,17 @@ __device__ __forceinline__ void row_sum(T (&v)[kK], RowSumScratch<kK, T>& scratc
   }
 }
 
-// Shared memory of row_welford: two alternating buffers.
-template <typename T>
-struct RowWelfordScratch {
-  BlockWelfordScratch<T> block[2];
-  Welford<T> cluster_slot[2];
-};
-
-// Chan merge over the threads that share a row; all of them get the same result.
-template <bool kWarpRow, typename T>
-__device__ __forceinline__ Welford<T> row_welford(Welford<T> w, RowWelfordScratch<T>& scratch, int& phase,
-                                                  bool cluster) {
-  if constexpr (kWarpRow) {
-    return warp_welford(w);
-  } else {
-    w = block_welford(w, scratch.block[phase]);
-    if (cluster) w = cluster_welford(w, &scratch.cluster_slot[phase]);
-    phase ^= 1;
-    return w;
-  }
-}
-
 // ================================================================================================
 // Forward
 // ================================================================================================
 
+// At most kFwdRegsMaxRegs registers (blocks have at most kFwdBlockMaxThreads threads, so this
+// also satisfies the block size).
 template <typename T, typename P, bool kRms, int kVec, int kIters, bool kWarpRow>
-__global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kFwdBlockMaxThreads)
+__global__ void __maxnreg__(sizeof(T) == 8 ? 128 : kFwdRegsMaxRegs)
     row_norm_fwd_regs_kernel(const FwdArgs<T, P> a) {
   using Acc = opmath_t<T>;
   __shared__ RowSumScratch<1, Acc> scratch;
-  __shared__ RowWelfordScratch<Acc> welford_scratch;
-  int welford_phase = 0;
   const int64_t nvec = a.N / kVec;
   const Segment s = make_segment<kWarpRow>(nvec);
   const bool writes_stats = s.lane == 0 && (kWarpRow || cluster_block_rank() == 0);
@@ -316,57 +291,28 @@ __global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kFwdBlockMaxThrea
     // stable where sum(x^2) - N mean^2 would cancel); RMS: ms = sum(x^2) / N.
     Acc stat[1] = {Acc(0)};
     Acc mean = Acc(0);
-    Acc var;
-    if constexpr (!kRms && kFwdOneReduction) {
-      // Each thread's exact mean / m2 over its own elements (two passes over its registers),
-      // then one Chan merge over the row: a single round of barriers instead of two.
-      int count = 0;
+    if constexpr (!kRms) {
 #pragma unroll
       for (int i = 0; i < kIters; ++i) {
         if (!valid[i]) continue;
-        count += kVec;
 #pragma unroll
         for (int j = 0; j < kVec; ++j) stat[0] += to_opmath(xv[i][j]);
       }
-      Welford<Acc> w;
-      w.count = Acc(count);
-      w.mean = count > 0 ? stat[0] / w.count : Acc(0);
-#pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        if (!valid[i]) continue;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const Acc d = to_opmath(xv[i][j]) - w.mean;
-          w.m2 += d * d;
-        }
-      }
-      w = row_welford<kWarpRow>(w, welford_scratch, welford_phase, s.cluster);
-      mean = w.mean;
-      var = w.m2 * inv_n;
-    } else {
-      if constexpr (!kRms) {
-#pragma unroll
-        for (int i = 0; i < kIters; ++i) {
-          if (!valid[i]) continue;
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) stat[0] += to_opmath(xv[i][j]);
-        }
-        row_sum<kWarpRow, 1>(stat, scratch, phase, s.cluster);
-        mean = stat[0] * inv_n;
-        stat[0] = Acc(0);
-      }
-#pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        if (!valid[i]) continue;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const Acc d = to_opmath(xv[i][j]) - mean;
-          stat[0] += d * d;
-        }
-      }
       row_sum<kWarpRow, 1>(stat, scratch, phase, s.cluster);
-      var = stat[0] * inv_n;
+      mean = stat[0] * inv_n;
+      stat[0] = Acc(0);
     }
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      if (!valid[i]) continue;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const Acc d = to_opmath(xv[i][j]) - mean;
+        stat[0] += d * d;
+      }
+    }
+    row_sum<kWarpRow, 1>(stat, scratch, phase, s.cluster);
+    const Acc var = stat[0] * inv_n;
     const Acc rstd = rsqrt_op(var + a.eps);
     if (writes_stats) {
       if constexpr (!kRms) a.mean[row] = mean;
@@ -671,134 +617,6 @@ __global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kBwdBlockMaxThrea
   if (s.cluster) cluster_sync();
 }
 
-// Block / cluster backward, software-pipelined: the next row's x and dy are loaded before this
-// row's reduction barriers, so the wait on the (cluster-wide) sums overlaps memory latency. The
-// dweight/dbias accumulators live in shared memory (each thread only touches its own columns),
-// which frees the registers that the second x/dy set needs.
-template <typename T, typename P, bool kRms, int kVec, int kIters>
-__global__ void __launch_bounds__(kBwdBlockMaxThreads, 2)
-    row_norm_bwd_pipelined_kernel(const BwdArgs<T, P> a) {
-  using Acc = opmath_t<T>;
-  using VecT = vec_t<T, kVec>;
-  using VecAcc = vec_t<Acc, kVec>;
-  extern __shared__ __align__(16) unsigned char dyn_smem[];
-  const int slice = kIters * blockDim.x * kVec;  // accumulators per block: [slice] dw, [slice] db
-  Acc* acc_dw = reinterpret_cast<Acc*>(dyn_smem);
-  Acc* acc_db = acc_dw + slice;
-  __shared__ RowSumScratch<2, Acc> scratch;
-  const int64_t nvec = a.N / kVec;
-  const Segment s = make_segment<false>(nvec);
-  const Acc inv_n = Acc(1) / Acc(a.N);
-  int phase = 0;
-
-  bool valid[kIters];
-#pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    valid[i] = s.vec_begin + int64_t(i) * s.nthreads + s.lane < s.vec_end;
-    const int local = (i * s.nthreads + s.lane) * kVec;
-    VecAcc zero;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) zero[j] = Acc(0);
-    zero.store(acc_dw + local);
-    if constexpr (!kRms) zero.store(acc_db + local);
-  }
-
-  auto load_row = [&](int64_t row, VecT (&xo)[kIters], VecT (&dyo)[kIters]) {
-#pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      if (!valid[i]) continue;
-      const int64_t col = (s.vec_begin + int64_t(i) * s.nthreads + s.lane) * kVec;
-      xo[i].load(a.x + row * a.N + col);
-      dyo[i].load(a.dy + row * a.N + col);
-    }
-  };
-
-  VecT xv[kIters], dyv[kIters];
-  int64_t row = s.row0;
-  if (row < a.M) load_row(row, xv, dyv);
-  for (; row < a.M; row += s.row_step) {
-    const int64_t next = row + s.row_step;
-    VecT xn[kIters], dyn[kIters];
-    if (next < a.M) load_row(next, xn, dyn);
-    const Acc mean = kRms ? Acc(0) : a.mean[row];
-    const Acc rstd = a.rstd[row];
-
-    Acc sums[2] = {Acc(0), Acc(0)};  // sum(g), sum(g * xhat)
-#pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      if (!valid[i]) continue;
-      const int64_t col = (s.vec_begin + int64_t(i) * s.nthreads + s.lane) * kVec;
-      const int local = (i * s.nthreads + s.lane) * kVec;
-      vec_t<P, kVec> wv;
-      if (a.w) wv.load(a.w + col);
-      VecAcc dw, db;
-      dw.load(acc_dw + local);
-      if constexpr (!kRms) db.load(acc_db + local);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const Acc xhat = (to_opmath(xv[i][j]) - mean) * rstd;
-        const Acc dy = to_opmath(dyv[i][j]);
-        const Acc g = a.w ? dy * to_opmath(wv[j]) : dy;
-        sums[0] += g;
-        sums[1] += g * xhat;
-        dw[j] += dy * xhat;
-        if constexpr (!kRms) db[j] += dy;
-      }
-      dw.store(acc_dw + local);
-      if constexpr (!kRms) db.store(acc_db + local);
-    }
-    row_sum<false, 2>(sums, scratch, phase, s.cluster);
-    const Acc c1 = kRms ? Acc(0) : sums[0] * inv_n;
-    const Acc c2 = sums[1] * inv_n;
-
-    if (a.dx) {
-      T* dxr = a.dx + row * a.N;
-#pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        if (!valid[i]) continue;
-        const int64_t col = (s.vec_begin + int64_t(i) * s.nthreads + s.lane) * kVec;
-        vec_t<P, kVec> wv;
-        if (a.w) wv.load(a.w + col);
-        VecT dxv;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const Acc xhat = (to_opmath(xv[i][j]) - mean) * rstd;
-          const Acc dy = to_opmath(dyv[i][j]);
-          const Acc g = a.w ? dy * to_opmath(wv[j]) : dy;
-          dxv[j] = from_opmath<T>(rstd * (g - c1 - xhat * c2));
-        }
-        dxv.store(dxr + col);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      xv[i] = xn[i];
-      dyv[i] = dyn[i];
-    }
-  }
-
-  // Row group s.row0 owns workspace row s.row0; this block writes its slice of it (each thread
-  // its own columns, which only it accumulated: no barrier needed).
-#pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    if (!valid[i]) continue;
-    const int64_t col = (s.vec_begin + int64_t(i) * s.nthreads + s.lane) * kVec;
-    const int local = (i * s.nthreads + s.lane) * kVec;
-    VecAcc o;
-    if (a.ws_dw) {
-      o.load(acc_dw + local);
-      o.store(a.ws_dw + s.row0 * a.N + col);
-    }
-    if constexpr (!kRms) {
-      if (a.ws_db) {
-        o.load(acc_db + local);
-        o.store(a.ws_db + s.row0 * a.N + col);
-      }
-    }
-  }
-  if (s.cluster) cluster_sync();
-}
-
 // Rows too long for registers: dx only (dweight/dbias come from the column kernel). x and dy
 // are read twice: reductions, then dx.
 template <typename T, typename P, bool kRms, int kVec>
@@ -969,17 +787,11 @@ bool device_has_clusters() {
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), const RowLaunch& L, cudaStream_t stream, Args... args) {
   if (L.blocks == 0) return cudaSuccess;
-  if (L.smem > 48 * 1024) {
-    // Above 48 KB a kernel must opt in; the attribute is per function, set on each use (cheap).
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(L.smem));
-    if (e != cudaSuccess) return e;
-  }
   if (L.cluster > 1) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned>(L.blocks));
     cfg.blockDim = dim3(L.threads);
-    cfg.dynamicSmemBytes = L.smem;
+    cfg.dynamicSmemBytes = 0;
     cfg.stream = stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -991,7 +803,7 @@ cudaError_t launch(void (*kernel)(KArgs...), const RowLaunch& L, cudaStream_t st
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
     if (e != cudaSuccess) return e;
   } else {
-    kernel<<<static_cast<unsigned>(L.blocks), L.threads, L.smem, stream>>>(args...);
+    kernel<<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(args...);
   }
   return cudaGetLastError();
 }
@@ -1062,7 +874,7 @@ namespace {
 // The backward launch for the given params; vec_ok decides vector or scalar path.
 RowLaunch bwd_config_for(const RowNormBwdParams& p, bool vec_ok, bool clusters_ok) {
   const int V = vec_width16(p.x_dtype);
-  return bwd_launch_config(p.M, p.N, vec_ok ? V : 1, clusters_ok, p.sm_count, opmath_size(p.x_dtype));
+  return bwd_launch_config(p.M, p.N, vec_ok ? V : 1, clusters_ok, p.sm_count);
 }
 }  // namespace
 
@@ -1139,10 +951,7 @@ cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
       if (L.vec == V) {
         if (L.path == RowPath::kWarp)
           return launch(row_norm_bwd_regs_kernel<T, P, kRms, V, kWarpRowIters, true>, L, stream, a);
-        if constexpr (kBwdPipelined)
-          return launch(row_norm_bwd_pipelined_kernel<T, P, kRms, V, kBwdBlockIters>, L, stream, a);
-        else
-          return launch(row_norm_bwd_regs_kernel<T, P, kRms, V, kBwdBlockIters, false>, L, stream, a);
+        return launch(row_norm_bwd_regs_kernel<T, P, kRms, V, kBwdBlockIters, false>, L, stream, a);
       }
       // Scalar path: only the warp layout is chosen (larger rows go to kLarge).
       return launch(row_norm_bwd_regs_kernel<T, P, kRms, 1, kWarpRowIters, true>, L, stream, a);

@@ -20,7 +20,9 @@ using fused_norm::DType;
 using fused_norm::RowNormBwdParams;
 using fused_norm::RowNormFwdParams;
 
-// Bytes of scratch the backward needs for deterministic dweight/dbias partial sums.
+// Bytes of scratch the backward needs for deterministic dweight/dbias partial sums. Depends on
+// M, N, x_dtype, sm_count and the current device (thread-block clusters on sm_90), not on the
+// pointers: it may be asked before the outputs exist. 0 when M == 0 or N == 0.
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
 
 cudaError_t row_norm_fwd(const RowNormFwdParams& p, cudaStream_t stream);
