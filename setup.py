@@ -79,7 +79,10 @@ def sources(*patterns):
 
 def extension():
     # No -std: torch adds the standard its headers need (C++17 up to 2.12, C++20 after).
-    cxx_flags = ["-O3"]
+    # -fopenmp: at::parallel_for is inline OpenMP (torch's build); without the flag it compiles
+    # to a serial loop. The libgomp.so.1 it links is the one torch has already loaded.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     # The per-ISA CPU kernel files (csrc/cpu/row_norm_avx*.cpp) link last: where they and a
     # baseline file both hold a copy of an inline function, the linker keeps the first one, which
     # must be the baseline copy that any CPU can run.
@@ -88,7 +91,8 @@ def extension():
         "csrc/cpu/row_norm_default.cpp", "csrc/cpu/row_norm_avx*.cpp")
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "fused_norm._C", cpu_sources, extra_compile_args={"cxx": cxx_flags}
+            "fused_norm._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     # Build for Ampere and Hopper unless the user names other architectures.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -101,6 +105,7 @@ def extension():
         "fused_norm._C",
         cpu_sources + sources("csrc/cuda/*.cpp", "csrc/cuda/*.cu"),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 
