@@ -58,17 +58,16 @@ template <typename acc_t>
 double horizontal_sum(const Vectorized<acc_t> (&chains)[kChains]) {
   Vectorized<acc_t> total = chains[0];
   for (int c = 1; c < kChains; ++c) total = total + chains[c];
-  acc_t lanes[Vectorized<acc_t>::size()];
-  total.store(lanes);
-  double sum = 0;
-  for (int k = 0; k < Vectorized<acc_t>::size(); ++k) sum += lanes[k];
-  return sum;
+  // A shuffle tree over the lanes (cheap next to a row of 256 elements; a lane-by-lane loop is not).
+  return at::vec::vec_reduce_all<acc_t>(
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, total);
 }
 
 // Always inlined: called out of line, the lambdas' captures would be reached through the closure
 // pointer and reloaded after every vector store (the vector types may alias anything).
 template <typename C, typename ChunkF, typename ElementF>
-C10_ALWAYS_INLINE std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chunk, ElementF&& add_element) {
+C10_ALWAYS_INLINE std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chunk,
+                                                     ElementF&& add_element) {
   using AccVec = typename C::AccVec;
   const int64_t N_vec = N - N % C::kSize;
   double total1 = 0, total2 = 0;
@@ -208,6 +207,10 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
   });
 }
 
+// The backward's second pass walks kGroupRows rows side by side, so that the dweight/dbias
+// partial rows (2N values, which every row adds into) are read and written once per group.
+constexpr int kGroupRows = 4;
+
 // Rows are split into `chunks` fixed ranges, each accumulating its own dweight/dbias partial
 // row in the workspace; the partials are then summed in chunk order. The result depends only on
 // the thread count, never on scheduling: deterministic without atomics.
@@ -242,66 +245,91 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
       acc_t* db_part = want_param_grads ? dw_part + N : nullptr;
       if (want_param_grads) std::fill(dw_part, dw_part + 2 * N, acc_t(0));
       const int64_t row_begin = M * chunk / chunks, row_end = M * (chunk + 1) / chunks;
-      for (int64_t row = row_begin; row < row_end; ++row) {
-        const T* xr = x + row * N;
-        const T* dyr = dy + row * N;
-        const acc_t mean = kRms ? acc_t(0) : mean_in[row];
-        const acc_t rstd = rstd_in[row];
-        const AccVec mean_vec(mean), rstd_vec(rstd);
-        // Scalar math: g = dy * w, xhat = (x - mean) * rstd; sums of g and g * xhat;
-        // dweight += dy * xhat, dbias += dy.
-        const auto [g_sum, gx_sum] = row_sums<C>(
-            N,
-            [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
-              AccVec xv[C::kParts], dyv[C::kParts];
-              C::load(xr + i, xv);
-              C::load(dyr + i, dyv);
-              for (int k = 0; k < C::kParts; ++k) {
-                const int64_t j = i + k * kW;
-                const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
-                const AccVec g = w ? dyv[k] * AccVec::loadu(w + j) : dyv[k];
-                if constexpr (!kRms) g_sum_vec = g_sum_vec + g;
-                gx_sum_vec = at::vec::fmadd(g, xhat, gx_sum_vec);
-                if (want_param_grads) {
-                  at::vec::fmadd(dyv[k], xhat, AccVec::loadu(dw_part + j)).store(dw_part + j);
-                  (AccVec::loadu(db_part + j) + dyv[k]).store(db_part + j);
+      for (int64_t group = row_begin; group < row_end; group += kGroupRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kGroupRows, row_end - group));
+        const T* xr[kGroupRows];
+        const T* dyr[kGroupRows];
+        acc_t mean[kGroupRows], rstd[kGroupRows], g_mean[kGroupRows], gx_mean[kGroupRows];
+        // Pass 1, row by row. Scalar math: g = dy * w, xhat = (x - mean) * rstd;
+        // g_mean = mean(g), gx_mean = mean(g * xhat).
+        for (int r = 0; r < rows; ++r) {
+          const int64_t row = group + r;
+          xr[r] = x + row * N;
+          dyr[r] = dy + row * N;
+          mean[r] = kRms ? acc_t(0) : mean_in[row];
+          rstd[r] = rstd_in[row];
+          const AccVec mean_vec(mean[r]), rstd_vec(rstd[r]);
+          const auto [g_sum, gx_sum] = row_sums<C>(
+              N,
+              [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
+                AccVec xv[C::kParts], dyv[C::kParts];
+                C::load(xr[r] + i, xv);
+                C::load(dyr[r] + i, dyv);
+                for (int k = 0; k < C::kParts; ++k) {
+                  const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
+                  const AccVec g = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
+                  if constexpr (!kRms) g_sum_vec = g_sum_vec + g;
+                  gx_sum_vec = at::vec::fmadd(g, xhat, gx_sum_vec);
                 }
-              }
-            },
-            [&](int64_t i, double& g_sum, double& gx_sum) {
-              const acc_t xhat = (static_cast<acc_t>(xr[i]) - mean) * rstd;
-              const acc_t dyi = static_cast<acc_t>(dyr[i]);
-              const acc_t g = w ? dyi * w[i] : dyi;
-              if constexpr (!kRms) g_sum += g;
-              gx_sum += g * xhat;
-              if (want_param_grads) {
-                dw_part[i] += dyi * xhat;
-                db_part[i] += dyi;
-              }
-            });
-        if (!dx) continue;
-        // Scalar math: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-        const acc_t g_mean = static_cast<acc_t>(g_sum / N);
-        const acc_t gx_mean = static_cast<acc_t>(gx_sum / N);
-        const AccVec g_mean_vec(g_mean), gx_mean_vec(gx_mean);
-        T* dxr = dx + row * N;
+              },
+              [&](int64_t i, double& g_sum, double& gx_sum) {
+                const acc_t xhat = (static_cast<acc_t>(xr[r][i]) - mean[r]) * rstd[r];
+                const acc_t g = static_cast<acc_t>(dyr[r][i]) * (w ? w[i] : acc_t(1));
+                if constexpr (!kRms) g_sum += g;
+                gx_sum += g * xhat;
+              });
+          g_mean[r] = static_cast<acc_t>(g_sum / N);
+          gx_mean[r] = static_cast<acc_t>(gx_sum / N);
+        }
+        // Pass 2, the group's rows side by side. Scalar math:
+        // dx = rstd * (g - g_mean - xhat * gx_mean); dweight += dy * xhat; dbias += dy,
+        // with the dweight/dbias partials read and written once per group, not once per row.
+        AccVec mean_vec[kGroupRows], rstd_vec[kGroupRows], g_mean_vec[kGroupRows],
+            gx_mean_vec[kGroupRows];
+        for (int r = 0; r < rows; ++r) {
+          mean_vec[r] = AccVec(mean[r]);
+          rstd_vec[r] = AccVec(rstd[r]);
+          g_mean_vec[r] = AccVec(g_mean[r]);
+          gx_mean_vec[r] = AccVec(gx_mean[r]);
+        }
         for (int64_t i = 0; i < N_vec; i += C::kSize) {
-          AccVec xv[C::kParts], dyv[C::kParts];
-          C::load(xr + i, xv);
-          C::load(dyr + i, dyv);
-          for (int k = 0; k < C::kParts; ++k) {
-            const int64_t j = i + k * kW;
-            const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
-            const AccVec g = w ? dyv[k] * AccVec::loadu(w + j) : dyv[k];
-            xv[k] = rstd_vec * (g - g_mean_vec - xhat * gx_mean_vec);
+          AccVec dw_sum[C::kParts], db_sum[C::kParts];
+          for (int k = 0; k < C::kParts; ++k) dw_sum[k] = db_sum[k] = AccVec(0);
+          for (int r = 0; r < rows; ++r) {
+            AccVec xv[C::kParts], dyv[C::kParts];
+            C::load(xr[r] + i, xv);
+            C::load(dyr[r] + i, dyv);
+            for (int k = 0; k < C::kParts; ++k) {
+              const AccVec xhat = (xv[k] - mean_vec[r]) * rstd_vec[r];
+              const AccVec g = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
+              dw_sum[k] = at::vec::fmadd(dyv[k], xhat, dw_sum[k]);
+              db_sum[k] = db_sum[k] + dyv[k];
+              xv[k] = rstd_vec[r] * (g - g_mean_vec[r] - xhat * gx_mean_vec[r]);
+            }
+            if (dx) C::store(dx + (group + r) * N + i, xv);
           }
-          C::store(dxr + i, xv);
+          if (want_param_grads) {
+            for (int k = 0; k < C::kParts; ++k) {
+              const int64_t j = i + k * kW;
+              (AccVec::loadu(dw_part + j) + dw_sum[k]).store(dw_part + j);
+              (AccVec::loadu(db_part + j) + db_sum[k]).store(db_part + j);
+            }
+          }
         }
         for (int64_t i = N_vec; i < N; ++i) {
-          const acc_t xhat = (static_cast<acc_t>(xr[i]) - mean) * rstd;
-          const acc_t dyi = static_cast<acc_t>(dyr[i]);
-          const acc_t g = w ? dyi * w[i] : dyi;
-          dxr[i] = static_cast<T>(rstd * (g - g_mean - xhat * gx_mean));
+          for (int r = 0; r < rows; ++r) {
+            const acc_t xhat = (static_cast<acc_t>(xr[r][i]) - mean[r]) * rstd[r];
+            const acc_t dyi = static_cast<acc_t>(dyr[r][i]);
+            const acc_t g = dyi * (w ? w[i] : acc_t(1));
+            if (want_param_grads) {
+              dw_part[i] += dyi * xhat;
+              db_part[i] += dyi;
+            }
+            if (dx) {
+              dx[(group + r) * N + i] =
+                  static_cast<T>(rstd[r] * (g - g_mean[r] - xhat * gx_mean[r]));
+            }
+          }
         }
       }
     }
