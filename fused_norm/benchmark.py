@@ -42,30 +42,37 @@ CPU_SHAPES = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)
 
 
 def timer(device):
-    """A function that returns the median seconds of fn() over `reps` runs after warm-up.
+    """A function that takes callables and returns the median seconds of each over `reps` runs.
 
-    On CUDA, device events around each run; the shapes are large enough (256 MB per tensor)
-    that the GPU, not the Python and autograd overhead of launching, sets the time."""
+    The callables run round-robin (one run of each, then the next round), so that a slow spell
+    of the machine hits every implementation alike rather than whichever ran during it. On CUDA,
+    device events around each run; the shapes are large enough (256 MB per tensor) that the GPU,
+    not the Python and autograd overhead of launching, sets the time."""
 
-    def measure(fn, reps):
-        for _ in range(3):
-            fn()
+    def measure(fns, reps):
+        for fn in fns:
+            for _ in range(3):
+                fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-            for start, end in zip(starts, ends):
-                start.record()
-                fn()
-                end.record()
+            events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                       for _ in range(reps)] for _ in fns]
+            for rep in range(reps):
+                for fn, fn_events in zip(fns, events):
+                    start, end = fn_events[rep]
+                    start.record()
+                    fn()
+                    end.record()
             torch.cuda.synchronize()
-            return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
-        times = []
+            return [statistics.median(s.elapsed_time(e) for s, e in fn_events) / 1e3
+                    for fn_events in events]
+        times = [[] for _ in fns]
         for _ in range(reps):
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-        return statistics.median(times)
+            for fn, fn_times in zip(fns, times):
+                begin = time.perf_counter()
+                fn()
+                fn_times.append(time.perf_counter() - begin)
+        return [statistics.median(fn_times) for fn_times in times]
 
     return measure
 
@@ -106,13 +113,12 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
                 dy = torch.randn_like(x)
                 tensor_bytes = x.numel() * x.element_size()
                 copy_dst = torch.empty_like(x)
-                copy_time = measure(lambda: copy_dst.copy_(x.detach()), reps)
+                (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)
                 copy_bw = 2 * tensor_bytes / copy_time
                 for direction, moved in (("fwd", 2 * tensor_bytes), ("bwd", 3 * tensor_bytes)):
-                    times = {}
-                    for name, fn in impls.items():
-                        fwd, bwd = forward_and_backward(fn, x, w, b, dy)
-                        times[name] = measure(fwd if direction == "fwd" else bwd, reps)
+                    fns = [forward_and_backward(fn, x, w, b, dy)[direction == "bwd"]
+                           for fn in impls.values()]
+                    times = dict(zip(impls, measure(fns, reps)))
                     row = {
                         "op": op_name, "dtype": str(dtype).replace("torch.", ""), "M": M, "N": N,
                         "direction": direction, "copy_GBps": copy_bw / 1e9,
