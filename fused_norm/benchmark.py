@@ -44,35 +44,39 @@ CPU_SHAPES = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)
 def timer(device):
     """A function that takes callables and returns the median seconds of each over `reps` runs.
 
-    The callables run round-robin (one run of each, then the next round), so that a slow spell
-    of the machine hits every implementation alike rather than whichever ran during it. On CUDA,
-    device events around each run; the shapes are large enough (256 MB per tensor) that the GPU,
-    not the Python and autograd overhead of launching, sets the time."""
+    The runs come in rounds: each round runs every callable several times back to back (its
+    steady state: the CPU allocator reuses its last buffers, caches hold its own data), and the
+    rounds alternate between the callables, so that a slow spell of the machine hits every
+    implementation alike. On CUDA, device events around each run; the shapes are large enough
+    (256 MB per tensor) that the GPU, not the Python and autograd overhead of launching, sets
+    the time."""
+    rounds = 5
 
     def measure(fns, reps):
-        for fn in fns:
-            for _ in range(3):
-                fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                       for _ in range(reps)] for _ in fns]
-            for rep in range(reps):
-                for fn, fn_events in zip(fns, events):
-                    start, end = fn_events[rep]
-                    start.record()
-                    fn()
-                    end.record()
-            torch.cuda.synchronize()
-            return [statistics.median(s.elapsed_time(e) for s, e in fn_events) / 1e3
-                    for fn_events in events]
+        per_round = max(3, reps // rounds)
         times = [[] for _ in fns]
-        for _ in range(reps):
+        for _ in range(rounds):
             for fn, fn_times in zip(fns, times):
-                begin = time.perf_counter()
-                fn()
-                fn_times.append(time.perf_counter() - begin)
+                fn()  # warm-up: the first run after another implementation pays its misses
+                fn_times += time_runs(fn, per_round)
         return [statistics.median(fn_times) for fn_times in times]
+
+    def time_runs(fn, count):
+        if device.type == "cuda":
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(count)]
+            for start, end in events:
+                start.record()
+                fn()
+                end.record()
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) / 1e3 for start, end in events]
+        seconds = []
+        for _ in range(count):
+            begin = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - begin)
+        return seconds
 
     return measure
 
