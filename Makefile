@@ -19,8 +19,9 @@ test: build
 bench: build
 	$(PYTHON) -m fused_norm.benchmark
 
-# The same sources as a LibTorch library (CMakeLists.txt), for C++ users.
+# The same sources as a LibTorch library (CMakeLists.txt), for C++ users, and its smoke test.
 cmake: deps
 	cmake -S . -B build/cmake -G Ninja \
 	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j
+	ctest --test-dir build/cmake --output-on-failure
