@@ -70,48 +70,9 @@ def _rms_norm_bwd_fake(grad_out, input, normalized_shape, rstd, weight, output_m
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd. The forward ops' backward is the backward op; the backward ops' own backward (double
-# backward) differentiates the reference formula of row_norm_bwd_ref.
-
-
-def _layer_norm_fwd_setup(ctx, inputs, output):
-    input, normalized_shape, weight, bias, _eps = inputs
-    _y, mean, rstd = output
-    ctx.normalized_shape = normalized_shape
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(input, mean, rstd, weight, bias)
-
-
-def _layer_norm_fwd_backward(ctx, grad_y, _grad_mean, _grad_rstd):
-    input, mean, rstd, weight, bias = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[2] and weight is not None, need[3] and bias is not None]
-    dx, dweight, dbias = ops.layer_norm_bwd(
-        grad_y, input, ctx.normalized_shape, mean, rstd, weight, bias, mask
-    )
-    return (
-        dx if mask[0] else None,
-        None,
-        dweight if mask[1] else None,
-        dbias if mask[2] else None,
-        None,
-    )
-
-
-def _rms_norm_fwd_setup(ctx, inputs, output):
-    input, normalized_shape, weight, _eps = inputs
-    _y, rstd = output
-    ctx.normalized_shape = normalized_shape
-    ctx.mark_non_differentiable(rstd)
-    ctx.save_for_backward(input, rstd, weight)
-
-
-def _rms_norm_fwd_backward(ctx, grad_y, _grad_rstd):
-    input, rstd, weight = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[2] and weight is not None]
-    dx, dweight = ops.rms_norm_bwd(grad_y, input, ctx.normalized_shape, rstd, weight, mask)
-    return dx if mask[0] else None, None, dweight if mask[1] else None, None
+# Autograd. The forward ops' autograd is C++ (csrc/common/row_norm_autograd.cpp: it calls the
+# backward op); the backward ops' own backward (double backward) is here and differentiates the
+# reference formula of row_norm_bwd_ref.
 
 
 def _differentiable_stats(rows, mean, rstd, rms):
@@ -185,12 +146,6 @@ def _rms_norm_bwd_backward(ctx, grad_dx, grad_dweight):
     return g_dy, g_x, None, None, (g_w[0] if g_w else None), None
 
 
-torch.library.register_autograd(
-    "fused_norm::layer_norm_fwd", _layer_norm_fwd_backward, setup_context=_layer_norm_fwd_setup
-)
-torch.library.register_autograd(
-    "fused_norm::rms_norm_fwd", _rms_norm_fwd_backward, setup_context=_rms_norm_fwd_setup
-)
 torch.library.register_autograd(
     "fused_norm::layer_norm_bwd", _layer_norm_bwd_backward, setup_context=_layer_norm_bwd_setup
 )

@@ -1,0 +1,133 @@
+// Autograd of the row-norm forward ops, in C++: the Python registration (torch.library's
+// register_autograd) cost 15-20 us per call and 60 more per backward, as much as the whole
+// kernel for a small layer. The backward calls the backward op through the dispatcher, so that
+// double backward goes through that op's own autograd (fused_norm/_ops.py) and torch.compile
+// traces it like any op.
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fused_norm {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptTensor = std::optional<at::Tensor>;
+
+OptTensor as_optional(const at::Tensor& t) {
+  return t.defined() ? OptTensor(t) : std::nullopt;
+}
+
+std::vector<c10::SymInt> saved_shape(AutogradContext* ctx) {
+  return ctx->saved_data["normalized_shape"].toSymIntVector();
+}
+
+// Outputs: y, mean, rstd. Inputs: input, normalized_shape, weight, bias, eps; backward returns
+// one gradient per input, undefined for the non-tensor ones.
+class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               c10::SymIntArrayRef normalized_shape, const OptTensor& weight,
+                               const OptTensor& bias, double eps) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::layer_norm_fwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, c10::SymIntArrayRef, const OptTensor&, const OptTensor&,
+                double)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, mean, rstd] = op.call(input, normalized_shape, weight, bias, eps);
+    ctx->saved_data["normalized_shape"] = normalized_shape;
+    ctx->save_for_backward({input, mean, rstd, weight.value_or(at::Tensor()),
+                            bias.value_or(at::Tensor())});
+    ctx->mark_non_differentiable({mean, rstd});
+    return {y, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::layer_norm_bwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, const at::Tensor&,
+                const at::Tensor&, const OptTensor&, const OptTensor&, std::array<bool, 3>)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
+    const at::Tensor &weight = saved[3], &bias = saved[4];
+    // needs_input_grad counts the tensor arguments that were given: input 0, then weight and
+    // bias where present.
+    const size_t bias_index = weight.defined() ? 2 : 1;
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      weight.defined() && ctx->needs_input_grad(1),
+                                      bias.defined() && ctx->needs_input_grad(bias_index)};
+    auto [dx, dweight, dbias] = op.call(grads[0], input, saved_shape(ctx), mean, rstd,
+                                        as_optional(weight), as_optional(bias), mask);
+    return {mask[0] ? dx : at::Tensor(), at::Tensor(), mask[1] ? dweight : at::Tensor(),
+            mask[2] ? dbias : at::Tensor(), at::Tensor()};
+  }
+};
+
+// Outputs: y, rstd. Inputs: input, normalized_shape, weight, eps.
+class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               c10::SymIntArrayRef normalized_shape, const OptTensor& weight,
+                               double eps) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::rms_norm_fwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::SymIntArrayRef,
+                                                      const OptTensor&, double)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, rstd] = op.call(input, normalized_shape, weight, eps);
+    ctx->saved_data["normalized_shape"] = normalized_shape;
+    ctx->save_for_backward({input, rstd, weight.value_or(at::Tensor())});
+    ctx->mark_non_differentiable({rstd});
+    return {y, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::rms_norm_bwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, const at::Tensor&,
+                const OptTensor&, std::array<bool, 2>)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &rstd = saved[1], &weight = saved[2];
+    // needs_input_grad counts the tensor arguments that were given: input 0, then weight.
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0),
+                                      weight.defined() && ctx->needs_input_grad(1)};
+    auto [dx, dweight] =
+        op.call(grads[0], input, saved_shape(ctx), rstd, as_optional(weight), mask);
+    return {mask[0] ? dx : at::Tensor(), at::Tensor(), mask[1] ? dweight : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_autograd(
+    const at::Tensor& input, c10::SymIntArrayRef normalized_shape, const OptTensor& weight,
+    const OptTensor& bias, double eps) {
+  variable_list out = LayerNormFunction::apply(input, normalized_shape, weight, bias, eps);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_autograd(const at::Tensor& input,
+                                                         c10::SymIntArrayRef normalized_shape,
+                                                         const OptTensor& weight, double eps) {
+  variable_list out = RmsNormFunction::apply(input, normalized_shape, weight, eps);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
+  m.impl("layer_norm_fwd", TORCH_FN(layer_norm_fwd_autograd));
+  m.impl("rms_norm_fwd", TORCH_FN(rms_norm_fwd_autograd));
+}
+
+}  // namespace fused_norm
