@@ -666,6 +666,33 @@ def test_compile_module_fullgraph(norm, device):
     torch._dynamo.reset()
 
 
+def test_compile_dynamic_shapes(device):
+    """One compiled graph (dynamic=True) serves several row counts, forward and backward: the
+    ops' fake kernels and autograd take symbolic sizes."""
+    torch._dynamo.reset()
+    N = 64
+    ln = fused_norm.LayerNorm(N, device=device)
+    rms = fused_norm.RMSNorm(N, device=device)
+    with torch.no_grad():
+        for p in (*ln.parameters(), *rms.parameters()):
+            p.copy_(torch.randn_like(p))
+    graphs = []
+    f = torch.compile(lambda x: rms(ln(x)), fullgraph=True, dynamic=True,
+                      backend=_recording_backend(graphs))
+    compiled_after_first = None
+    for M in (3, 7, 11):
+        x = torch.randn(M, N, device=device)
+        dy = torch.randn(M, N, device=device)
+        xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        f(xc).backward(dy)
+        rms(ln(xe)).backward(dy)
+        assert_close(xc.grad, xe.grad, torch.float32, "bwd", msg=f"compiled dx, M={M}")
+        compiled_after_first = compiled_after_first or len(graphs)
+    assert any("fused_norm.rms_norm_fwd" in g for g in graphs), graphs
+    assert len(graphs) == compiled_after_first, "recompiled for a new row count"
+    torch._dynamo.reset()
+
+
 def test_compile_functional_fullgraph(device):
     torch._dynamo.reset()
     N = 48
