@@ -18,6 +18,12 @@ MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FUSED_NORM_CUDA=1 
   python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; exit 1; }
 echo "built in ${SECONDS}s"
+# For the crash seen on this machine (csrc/common/message.h): which flags Python hands the build
+# (LTO, -Bsymbolic-functions) and whether libstdc++ code got copied into the extension.
+{ python3 -c "import sysconfig as s; print('LDSHARED', s.get_config_var('LDSHARED')); print('CFLAGS', s.get_config_var('CFLAGS'))"
+  c++ --version | head -1
+  echo "libstdc++ symbols defined in _C: $(nm -C --defined-only fused_norm/_C*.so | grep -c 'std::basic_ostream')"
+} >>"$OUT/device.txt" 2>&1
 
 for step in $steps; do
   case $step in
