@@ -8,7 +8,14 @@ import math
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library: schemas and kernels)
+try:
+    from . import _C  # noqa: F401  (loads the library: schemas and kernels)
+except ImportError as error:
+    raise ImportError(
+        "fused_norm's compiled extension (fused_norm._C) is missing or does not load: build it "
+        "with `pip install --no-build-isolation -e .` against the torch you run "
+        f"(torch {torch.__version__}). Cause: {error}"
+    ) from error
 from .reference import row_norm_bwd_ref, stats_dtype
 
 ops = torch.ops.fused_norm
