@@ -1,0 +1,75 @@
+// The torch-facing half of the column-norm ops (BatchNorm and its fused forms), shared by every
+// device: checks with torch's wording, the [A, C, B] view of NCHW / channels_last inputs, output
+// allocation in the input's memory format, zero-size answers. A device contributes a
+// ColumnNormBackend and registers the ops with register_column_norm_kernels.
+#pragma once
+
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "column_norm_params.h"
+
+namespace fused_norm {
+
+struct ColumnNormBackend {
+  void (*stats)(const ColumnStatsParams&);
+  void (*elemt)(const ColumnNormElemtParams&);
+  void (*bwd_reduce)(const ColumnNormBwdReduceParams&);
+  void (*bwd_elemt)(const ColumnNormBwdElemtParams&);
+  // Scratch bytes that stats and bwd_reduce need for this shape (the larger of the two).
+  size_t (*reduce_workspace_bytes)(const ColumnShape& shape, DType x_dtype, int parallelism);
+  // How many independent workers the device has for `t` (CPU threads, CUDA multiprocessors).
+  int (*parallelism)(const at::Tensor& t);
+};
+
+using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
+using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& input);
+at::Tensor batch_norm_elemt(const ColumnNormBackend& backend, const at::Tensor& input,
+                            const at::Tensor& mean, const at::Tensor& var,
+                            const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& residual, double eps, bool relu);
+Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                              const at::Tensor& input, const at::Tensor& mean,
+                              const std::optional<at::Tensor>& output, bool want_grad_residual);
+at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                                const at::Tensor& input, const at::Tensor& mean,
+                                const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& output,
+                                const std::optional<at::Tensor>& sum_dy,
+                                const std::optional<at::Tensor>& sum_dy_xmu, double eps,
+                                int64_t count);
+
+template <const ColumnNormBackend& (*kBackend)()>
+void register_column_norm_kernels(torch::Library& m) {
+  m.impl("batch_norm_stats",
+         [](const at::Tensor& input) { return batch_norm_stats(kBackend(), input); });
+  m.impl("batch_norm_elemt",
+         [](const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+            const std::optional<at::Tensor>& residual, double eps, bool relu) {
+           return batch_norm_elemt(kBackend(), input, mean, var, weight, bias, residual, eps,
+                                   relu);
+         });
+  m.impl("batch_norm_bwd_reduce",
+         [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+            const std::optional<at::Tensor>& output, bool want_grad_residual) {
+           return batch_norm_bwd_reduce(kBackend(), grad_out, input, mean, output,
+                                        want_grad_residual);
+         });
+  m.impl("batch_norm_bwd_elemt",
+         [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+            const at::Tensor& var, const std::optional<at::Tensor>& weight,
+            const std::optional<at::Tensor>& output, const std::optional<at::Tensor>& sum_dy,
+            const std::optional<at::Tensor>& sum_dy_xmu, double eps, int64_t count) {
+           return batch_norm_bwd_elemt(kBackend(), grad_out, input, mean, var, weight, output,
+                                       sum_dy, sum_dy_xmu, eps, count);
+         });
+}
+
+}  // namespace fused_norm
