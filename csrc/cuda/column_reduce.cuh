@@ -165,6 +165,9 @@ __host__ __device__ __forceinline__ SliceRange slice_range(int64_t total, int64_
 
 // Most threads of a column_rows_partials_kernel block.
 constexpr int kColumnRowsThreads = 256;
+// Blocks of kColumnRowsThreads the column kernels are bounded for (64 registers per thread):
+// what launch configurations size one wave of resident blocks by.
+constexpr int kColumnMinBlocksPerSm = 4;
 
 // Block shape of the rows kernels: x = one vector (kVec columns) per thread along the columns,
 // y = rows side by side. Rows of up to 256 vectors take one block of x; narrower rows stack
@@ -191,7 +194,7 @@ inline dim3 column_rows_block(int64_t col_vecs) {
 //        rows row0 + u * row_step for u < n
 //   State column(const ThreadState&, int j) const
 template <typename Op, int kUnroll>
-__global__ void __launch_bounds__(kColumnRowsThreads)
+__global__ void __launch_bounds__(kColumnRowsThreads, kColumnMinBlocksPerSm)
     column_rows_partials_kernel(const Op op, int64_t rows, int64_t cols,
                                 typename Op::Value* partials /* [S, K, cols] */) {
   constexpr int kVec = Op::kVec;
