@@ -10,13 +10,16 @@
 //           then normalize). Rows too long for the registers, and unaligned / odd-N rows that
 //           the scalar warp path does not cover.
 // The backward's dweight/dbias are summed per row group in registers, written as partials to
-// the workspace, and reduced in a fixed order by a second kernel (deterministic, no atomics).
+// the workspace ([G, 2, N]), and merged in a fixed order by column_reduce.cuh's merge kernel
+// (deterministic, no atomics).
 #include "row_norm_kernels.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
+#include "column_reduce.cuh"
+#include "dispatch.cuh"
 #include "reduce.cuh"
 #include "vec.cuh"
 
@@ -51,8 +54,10 @@ struct BwdArgs {
   const Acc* rstd;  // [M]
   const P* w;       // [N] or nullptr
   T* dx;            // [M, N] or nullptr
-  Acc* ws_dw;       // [G, N] per-row-group partial dweight, or nullptr
-  Acc* ws_db;       // [G, N] per-row-group partial dbias, or nullptr
+  // Per-row-group partials [G, 2, N] (column_reduce.cuh): field 0 dweight, field 1 dbias; a
+  // workspace row is 2 * N values. Each pointer is its field of group 0, or nullptr (not wanted).
+  Acc* ws_dw;
+  Acc* ws_db;
   int64_t M;
   int64_t N;
 };
@@ -119,7 +124,6 @@ struct RowLaunch {
   int64_t groups = 0;  // rows of the backward's dweight/dbias workspace
 };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int round_up_warp(int64_t t) { return static_cast<int>(ceil_div(t, kWarpSize) * kWarpSize); }
 
 RowLaunch fwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok) {
@@ -149,9 +153,8 @@ RowLaunch fwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok) {
   return L;
 }
 
-// Column-sum kernel of the large backward path: one thread per column, rows split into slices.
-constexpr int kColumnThreads = 256;
-// At most this many row slices (workspace rows) for the column kernel.
+// At most this many row slices (workspace rows) for the large path's dweight/dbias partials
+// (column_rows_partials_kernel, one thread per column).
 constexpr int64_t kMaxColumnSlices = 64;
 
 RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int sm_count) {
@@ -183,7 +186,7 @@ RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int
     L.path = RowPath::kLarge;
     L.threads = kLargeThreads;
     L.blocks = std::min(M, int64_t(sm_count) * 2);
-    const int64_t column_blocks = ceil_div(N, kColumnThreads);
+    const int64_t column_blocks = ceil_div(N, column_rows_block(N).x);
     L.groups = std::min({std::max<int64_t>(M, 1), kMaxColumnSlices,
                          std::max<int64_t>(1, ceil_div(int64_t(sm_count) * 4, column_blocks))});
     return L;
@@ -195,9 +198,6 @@ RowLaunch bwd_launch_config(int64_t M, int64_t N, int vec, bool clusters_ok, int
 // ================================================================================================
 // Device helpers
 // ================================================================================================
-
-__device__ __forceinline__ float rsqrt_op(float v) { return rsqrtf(v); }
-__device__ __forceinline__ double rsqrt_op(double v) { return 1.0 / sqrt(v); }
 
 // This thread's share of the rows: rows row0, row0 + row_step, ...; in each row the vectors
 // vec_begin + i * nthreads + lane (i = 0, 1, ...) below vec_end.
@@ -586,9 +586,9 @@ __global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kBwdBlockMaxThrea
         __syncthreads();
       }
       for (int64_t c = threadIdx.x; c < a.N; c += blockDim.x) {
-        if (a.ws_dw) a.ws_dw[blockIdx.x * a.N + c] = col_dw[c];
+        if (a.ws_dw) a.ws_dw[blockIdx.x * 2 * a.N + c] = col_dw[c];
         if constexpr (!kRms) {
-          if (a.ws_db) a.ws_db[blockIdx.x * a.N + c] = col_db[c];
+          if (a.ws_db) a.ws_db[blockIdx.x * 2 * a.N + c] = col_db[c];
         }
       }
     } else {
@@ -601,14 +601,14 @@ __global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kBwdBlockMaxThrea
           vec_t<Acc, kVec> o;
 #pragma unroll
           for (int j = 0; j < kVec; ++j) o[j] = dw_acc[i][j];
-          o.store(a.ws_dw + s.row0 * a.N + col);
+          o.store(a.ws_dw + s.row0 * 2 * a.N + col);
         }
         if constexpr (!kRms) {
           if (a.ws_db) {
             vec_t<Acc, kVec> o;
 #pragma unroll
             for (int j = 0; j < kVec; ++j) o[j] = db_acc[i][j];
-            o.store(a.ws_db + s.row0 * a.N + col);
+            o.store(a.ws_db + s.row0 * 2 * a.N + col);
           }
         }
       }
@@ -680,99 +680,61 @@ __global__ void __launch_bounds__(kLargeThreads, 2) row_norm_bwd_large_kernel(co
   }
 }
 
-// dweight / dbias partials for the large path: thread = column (coalesced across the block),
-// blockIdx.y = slice of rows; slice s sums rows s, s + S, ... and writes workspace row s.
+// dweight / dbias partials of the large path, as an Op of column_rows_partials_kernel: thread =
+// column, row slices = workspace rows. Sums field 0: dy * xhat, field 1: dy.
 template <typename T, bool kRms>
-__global__ void __launch_bounds__(kColumnThreads)
-    row_norm_bwd_columns_kernel(const BwdArgs<T, T> a, int64_t num_slices) {
+struct ParamGradColumnsOp {
   using Acc = opmath_t<T>;
-  const int64_t col = blockIdx.x * int64_t(kColumnThreads) + threadIdx.x;
-  if (col >= a.N) return;
-  Acc dw = Acc(0), db = Acc(0);
-#pragma unroll 4
-  for (int64_t row = blockIdx.y; row < a.M; row += num_slices) {
-    const Acc mean = kRms ? Acc(0) : a.mean[row];
-    const Acc xhat = (to_opmath(a.x[row * a.N + col]) - mean) * a.rstd[row];
-    const Acc dy = to_opmath(a.dy[row * a.N + col]);
-    dw += dy * xhat;
-    db += dy;
-  }
-  if (a.ws_dw) a.ws_dw[blockIdx.y * a.N + col] = dw;
-  if (a.ws_db) a.ws_db[blockIdx.y * a.N + col] = db;
-}
+  using Value = Acc;
+  using State = Sums<Acc, 2>;
+  using ThreadState = Sums<Acc, 2>;
+  static constexpr int kVec = 1;
+  struct Loaded {
+    T x, dy;
+    Acc mean, rstd;
+  };
+  const T* x;       // [M, N]
+  const T* dy;      // [M, N]
+  const Acc* mean;  // [M] or nullptr (RMSNorm)
+  const Acc* rstd;  // [M]
+  int64_t N;
 
-// Fixed-order reduction of the G workspace rows to dweight (blockIdx.y 0) / dbias (1), cast to
-// the param dtype. G == 0 (M == 0) writes zeros.
-constexpr int kReduceCols = 32;
-constexpr int kReduceSlices = 8;
-template <typename Acc, typename P>
-__global__ void __launch_bounds__(kReduceCols* kReduceSlices)
-    row_norm_param_reduce_kernel(const Acc* ws_dw /* [G, N] */, const Acc* ws_db /* [G, N] */,
-                                 int64_t G, int64_t N, P* dw /* [N] */, P* db /* [N] */) {
-  __shared__ Acc part[kReduceSlices][kReduceCols + 1];
-  P* out = blockIdx.y == 0 ? dw : db;
-  const Acc* ws = blockIdx.y == 0 ? ws_dw : ws_db;
-  if (out == nullptr) return;  // uniform over the block
-  const int64_t col = blockIdx.x * int64_t(kReduceCols) + threadIdx.x;
-  Acc s = Acc(0);
-  if (col < N) {
-#pragma unroll 4
-    for (int64_t g = threadIdx.y; g < G; g += kReduceSlices) s += ws[g * N + col];
+  __device__ __forceinline__ ThreadState init(int64_t) const { return ThreadState{}; }
+  __device__ __forceinline__ Loaded load(int64_t row, int64_t col) const {
+    return {x[row * N + col], dy[row * N + col], kRms ? Acc(0) : mean[row], rstd[row]};
   }
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < N) {
-    Acc t = Acc(0);
+  template <int kU>
+  __device__ __forceinline__ void accumulate(ThreadState& s, const Loaded (&l)[kU], int n, int64_t,
+                                             int64_t, int64_t) const {
 #pragma unroll
-    for (int k = 0; k < kReduceSlices; ++k) t += part[k][threadIdx.x];
-    out[col] = from_opmath<P>(t);
+    for (int u = 0; u < kU; ++u) {
+      if (u >= n) continue;
+      const Acc g = to_opmath(l[u].dy);
+      s.v[0] += g * ((to_opmath(l[u].x) - l[u].mean) * l[u].rstd);
+      s.v[1] += g;
+    }
   }
-}
+  __device__ __forceinline__ State column(const ThreadState& s, int) const { return s; }
+};
+
+// Final dweight / dbias from the merged partials, cast to the param dtype.
+template <typename Acc, typename P>
+struct ParamGradStore {
+  P* dw;  // [N] or nullptr
+  P* db;  // [N] or nullptr
+  __device__ __forceinline__ void operator()(int64_t col, const Sums<Acc, 2>& s) const {
+    if (dw) dw[col] = from_opmath<P>(s.v[0]);
+    if (db) db[col] = from_opmath<P>(s.v[1]);
+  }
+};
 
 // ================================================================================================
 // Host side
 // ================================================================================================
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Supported (x, param) pairs: same dtype, or fp16/bf16 x with fp32 params (mixed precision).
-template <typename F>
-cudaError_t dispatch_dtypes(DType x, DType p, bool has_params, F&& f) {
-  switch (x) {
-    case DType::kFloat32:
-      if (!has_params || p == DType::kFloat32) return f(TypeTag<float>{}, TypeTag<float>{});
-      break;
-    case DType::kFloat16:
-      if (!has_params || p == DType::kFloat16) return f(TypeTag<__half>{}, TypeTag<__half>{});
-      if (p == DType::kFloat32) return f(TypeTag<__half>{}, TypeTag<float>{});
-      break;
-    case DType::kBFloat16:
-      if (!has_params || p == DType::kBFloat16)
-        return f(TypeTag<__nv_bfloat16>{}, TypeTag<__nv_bfloat16>{});
-      if (p == DType::kFloat32) return f(TypeTag<__nv_bfloat16>{}, TypeTag<float>{});
-      break;
-    case DType::kFloat64:
-      if (!has_params || p == DType::kFloat64) return f(TypeTag<double>{}, TypeTag<double>{});
-      break;
-  }
-  return cudaErrorInvalidValue;
-}
-
 template <typename F>
 cudaError_t dispatch_rms(bool rms, F&& f) {
   return rms ? f(std::true_type{}) : f(std::false_type{});
-}
-
-size_t opmath_size(DType x) { return x == DType::kFloat64 ? sizeof(double) : sizeof(float); }
-int vec_width16(DType x) {
-  switch (x) {
-    case DType::kFloat64: return kVecWidth16<double>;
-    case DType::kFloat32: return kVecWidth16<float>;
-    default: return kVecWidth16<__half>;
-  }
 }
 
 // Thread-block clusters need sm_90.
@@ -913,7 +875,7 @@ cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
     a.dx = static_cast<T*>(p.dx);
     Acc* ws = static_cast<Acc*>(p.workspace);
     a.ws_dw = want_dw ? ws : nullptr;
-    a.ws_db = want_db ? ws + L.groups * p.N : nullptr;
+    a.ws_db = want_db ? ws + p.N : nullptr;
     a.M = p.M;
     a.N = p.N;
     if ((want_dw || want_db) && p.M > 0 && ws == nullptr) return cudaErrorInvalidValue;
@@ -929,21 +891,13 @@ cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
           if (e != cudaSuccess) return e;
         }
         if (want_dw || want_db) {
-          // The column kernel ignores the weight: it is instantiated once per x dtype.
-          BwdArgs<T, T> c;
-          c.dy = a.dy;
-          c.x = a.x;
-          c.mean = a.mean;
-          c.rstd = a.rstd;
-          c.w = nullptr;
-          c.dx = nullptr;
-          c.ws_dw = a.ws_dw;
-          c.ws_db = a.ws_db;
-          c.M = a.M;
-          c.N = a.N;
-          const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kColumnThreads)),
+          // The column Op ignores the weight: it is instantiated once per x dtype.
+          const ParamGradColumnsOp<T, kRms> op{a.x, a.dy, a.mean, a.rstd, a.N};
+          const dim3 block = column_rows_block(p.N);
+          const dim3 grid(static_cast<unsigned>(ceil_div(p.N, block.x)),
                           static_cast<unsigned>(L.groups));
-          row_norm_bwd_columns_kernel<T, kRms><<<grid, kColumnThreads, 0, stream>>>(c, L.groups);
+          column_rows_partials_kernel<ParamGradColumnsOp<T, kRms>, 4>
+              <<<grid, block, 0, stream>>>(op, p.M, p.N, ws);
           return cudaGetLastError();
         }
         return cudaSuccess;
@@ -959,13 +913,9 @@ cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
 
     if (want_dw || want_db) {
-      const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kReduceCols)), 2);
-      const dim3 block(kReduceCols, kReduceSlices);
-      const int64_t G = p.M == 0 ? 0 : L.groups;
-      row_norm_param_reduce_kernel<Acc, P><<<grid, block, 0, stream>>>(
-          a.ws_dw, a.ws_db, G, p.N, want_dw ? static_cast<P*>(p.dweight) : nullptr,
-          want_db ? static_cast<P*>(p.dbias) : nullptr);
-      err = cudaGetLastError();
+      const ParamGradStore<Acc, P> store{want_dw ? static_cast<P*>(p.dweight) : nullptr,
+                                         want_db ? static_cast<P*>(p.dbias) : nullptr};
+      err = launch_column_merge<Sums<Acc, 2>>(ws, p.M == 0 ? 0 : L.groups, p.N, store, stream);
     }
     return err;
   });

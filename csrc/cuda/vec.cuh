@@ -57,6 +57,10 @@ __device__ __forceinline__ T from_opmath(Acc v) {
   return FromOpMath<T>::cast(v);
 }
 
+// 1 / sqrt(v) in opmath: the fast hardware approximation (2 ulp) in float, exact in double.
+__device__ __forceinline__ float rsqrt_op(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsqrt_op(double v) { return 1.0 / sqrt(v); }
+
 // ---- aligned vector ---------------------------------------------------------------------------
 namespace detail {
 // The widest plain type (at most 16 bytes) that a vector of kBytes bytes splits into evenly.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build and run the standalone (torch-free) row_norm check + timing on the current GPU.
+# Build and run the standalone (torch-free) checks + timing on the current GPU: row norms
+# (row_norm_check) and column norms (column_norm_check).
 #   bash tests/cuda_standalone/run.sh [--no-check] [--no-bench] [--no-huge]
+# (--no-huge applies to the row check only). CHECKS (default "row column") picks the checks.
 # ARCH (default 90) selects the target; the log goes to $OUT/row_norm_check.log when OUT is set.
 # Tuning: VARIANTS=file with lines "name|sed-expression" builds copies of row_norm.cu with the
 # expression applied (e.g. a launch-config constant changed) and times each; VARIANT_ARGS
@@ -15,16 +17,24 @@ LOG=/dev/null
 if [[ -n "${OUT:-}" ]]; then LOG="$OUT/row_norm_check.log"; fi
 GENCODE="-gencode arch=compute_${ARCH},code=sm_${ARCH}"
 
-build() {  # build <source.cu> <binary>
+CHECKS=${CHECKS:-row column}
+
+build() {  # build <kernel source.cu> <binary> [check source.cu]
   local obj="$2.o"
+  local check="${3:-tests/cuda_standalone/row_norm_check.cu}"
   "$NVCC" -O3 -std=c++17 --expt-relaxed-constexpr $GENCODE -Icsrc/cuda -Xptxas -v -c "$1" -o "$obj" 2> "$2.ptxas.txt"
-  "$NVCC" -O3 -std=c++17 $GENCODE -Xcompiler -fopenmp tests/cuda_standalone/row_norm_check.cu "$obj" -o "$2" -lgomp
+  "$NVCC" -O3 -std=c++17 $GENCODE -Xcompiler -fopenmp "$check" "$obj" -o "$2" -lgomp
+}
+
+spills() {  # spills <ptxas log>: kernels with a stack frame or spills
+  grep -E "bytes stack frame" "$1" | grep -vE "^\s*0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" | sort | uniq -c || true
 }
 
 {
   echo "== $("$NVCC" --version | tail -1)"
   pids=()
-  build csrc/cuda/row_norm.cu "$BUILD/row_norm_check" & pids+=($!)
+  [[ " $CHECKS " == *" row "* ]] && { build csrc/cuda/row_norm.cu "$BUILD/row_norm_check" & pids+=($!); }
+  [[ " $CHECKS " == *" column "* ]] && { build csrc/cuda/column_norm.cu "$BUILD/column_norm_check" tests/cuda_standalone/column_norm_check.cu & pids+=($!); }
   names=()
   if [[ -n "${VARIANTS:-}" ]]; then
     while IFS='|' read -r name expr; do
@@ -36,10 +46,19 @@ build() {  # build <source.cu> <binary>
     done < "$VARIANTS"
   fi
   for p in "${pids[@]}"; do wait "$p"; done
-  echo "== ptxas: kernels with stack or spills (base build)"
-  grep -E "bytes stack frame" "$BUILD/row_norm_check.ptxas.txt" | grep -vE "^\s*0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" | sort | uniq -c || true
   status=0
-  OMP_WAIT_POLICY=PASSIVE "$BUILD/row_norm_check" "$@" || status=$?
+  if [[ " $CHECKS " == *" row "* ]]; then
+    echo "== ptxas: kernels with stack or spills (row_norm.cu)"
+    spills "$BUILD/row_norm_check.ptxas.txt"
+    OMP_WAIT_POLICY=PASSIVE "$BUILD/row_norm_check" "$@" || status=$?
+  fi
+  if [[ " $CHECKS " == *" column "* ]]; then
+    echo "== ptxas: kernels with stack or spills (column_norm.cu)"
+    spills "$BUILD/column_norm_check.ptxas.txt"
+    col_args=()
+    for a in "$@"; do [[ "$a" != --no-huge ]] && col_args+=("$a"); done
+    OMP_WAIT_POLICY=PASSIVE "$BUILD/column_norm_check" ${col_args[@]+"${col_args[@]}"} || status=$?
+  fi
   for name in "${names[@]}"; do
     echo "== variant $name"
     OMP_WAIT_POLICY=PASSIVE "$BUILD/check_$name" ${VARIANT_ARGS:---no-check} | grep -E "^FAIL|correctness|TB/s|^ +[0-9]+ +[0-9]+ \|" || true

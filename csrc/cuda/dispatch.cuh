@@ -1,0 +1,62 @@
+// Host-side helpers shared by the fused_norm CUDA entry points: dtype dispatch (runtime DType to
+// compile-time types) and small integer helpers. Framework-free: only CUDA headers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "../common/row_norm_params.h"  // DType
+#include "vec.cuh"
+
+namespace fused_norm {
+namespace cuda {
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Supported (x, param) pairs: same dtype, or fp16/bf16 x with fp32 params (mixed precision).
+// Calls f(TypeTag<T>, TypeTag<P>); any other pair is cudaErrorInvalidValue.
+template <typename F>
+cudaError_t dispatch_dtypes(DType x, DType p, bool has_params, F&& f) {
+  switch (x) {
+    case DType::kFloat32:
+      if (!has_params || p == DType::kFloat32) return f(TypeTag<float>{}, TypeTag<float>{});
+      break;
+    case DType::kFloat16:
+      if (!has_params || p == DType::kFloat16) return f(TypeTag<__half>{}, TypeTag<__half>{});
+      if (p == DType::kFloat32) return f(TypeTag<__half>{}, TypeTag<float>{});
+      break;
+    case DType::kBFloat16:
+      if (!has_params || p == DType::kBFloat16)
+        return f(TypeTag<__nv_bfloat16>{}, TypeTag<__nv_bfloat16>{});
+      if (p == DType::kFloat32) return f(TypeTag<__nv_bfloat16>{}, TypeTag<float>{});
+      break;
+    case DType::kFloat64:
+      if (!has_params || p == DType::kFloat64) return f(TypeTag<double>{}, TypeTag<double>{});
+      break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Bytes of one opmath value for inputs of dtype x.
+inline size_t opmath_size(DType x) { return x == DType::kFloat64 ? sizeof(double) : sizeof(float); }
+
+// Elements of dtype x in one 16-byte access.
+inline int vec_width16(DType x) {
+  switch (x) {
+    case DType::kFloat64: return kVecWidth16<double>;
+    case DType::kFloat32: return kVecWidth16<float>;
+    default: return kVecWidth16<__half>;
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace cuda
+}  // namespace fused_norm
