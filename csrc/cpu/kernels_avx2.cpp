@@ -1,4 +1,4 @@
-// The row-norm CPU kernels for CPUs with AVX2 + FMA + F16C (row_norm_cpu.cpp checks at run time).
+// The CPU kernels for CPUs with AVX2 + FMA + F16C (cpu_backends.cpp checks at run time).
 // Only x86-64 has these; elsewhere this file compiles to nothing and DEFAULT serves.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "baseline_includes.h"

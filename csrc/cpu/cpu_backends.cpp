@@ -1,4 +1,4 @@
-// CPU implementations of the row-norm ops: the kernel of the best capability this CPU has, behind
+// CPU implementations of the norm ops: the kernels of the best capability this CPU has, behind
 // the shared torch-facing code of csrc/common/row_norm.h.
 #include <cstdlib>
 #include <string>
@@ -12,7 +12,8 @@
 namespace fused_norm {
 namespace cpu {
 
-// Defined once per capability by row_norm_kernels.h (row_norm_default.cpp, row_norm_avx2.cpp).
+// Defined once per capability by the kernel headers (kernels_default.cpp, kernels_avx2.cpp,
+// kernels_avx512.cpp).
 namespace DEFAULT {
 void row_norm_fwd(const RowNormFwdParams& p);
 void row_norm_bwd(const RowNormBwdParams& p);
@@ -33,11 +34,11 @@ size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
 
 namespace {
 
-int cpu_threads(const at::Tensor&) { return at::get_num_threads(); }
+enum class Capability { kDefault, kAvx2, kAvx512 };
 
 // The widest instruction set this CPU has and the kernels were built for, or a narrower one named
 // by FUSED_NORM_CPU_CAPABILITY=default|avx2 (so that tests can run every variant on one machine).
-RowNormBackend make_cpu_backend() {
+Capability detect_capability() {
 #if defined(__x86_64__) && defined(__GNUC__)
   const char* requested_env = std::getenv("FUSED_NORM_CPU_CAPABILITY");
   const std::string requested = requested_env ? requested_env : "";
@@ -47,21 +48,37 @@ RowNormBackend make_cpu_backend() {
   const bool has_avx512 = has_avx2 && requested != "avx2" && __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (has_avx512) {
-    return {AVX512::row_norm_fwd, AVX512::row_norm_bwd, AVX512::row_norm_bwd_workspace_bytes,
-            cpu_threads};
-  }
-  if (has_avx2) {
-    return {AVX2::row_norm_fwd, AVX2::row_norm_bwd, AVX2::row_norm_bwd_workspace_bytes,
-            cpu_threads};
-  }
+  if (has_avx512) return Capability::kAvx512;
+  if (has_avx2) return Capability::kAvx2;
 #endif
-  return {DEFAULT::row_norm_fwd, DEFAULT::row_norm_bwd, DEFAULT::row_norm_bwd_workspace_bytes,
-          cpu_threads};
+  return Capability::kDefault;
 }
 
-const RowNormBackend& cpu_backend() {
-  static const RowNormBackend backend = make_cpu_backend();
+Capability cpu_capability() {
+  static const Capability capability = detect_capability();
+  return capability;
+}
+
+int cpu_threads(const at::Tensor&) { return at::get_num_threads(); }
+
+RowNormBackend make_row_norm_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::row_norm_fwd, AVX512::row_norm_bwd, AVX512::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::row_norm_fwd, AVX2::row_norm_bwd, AVX2::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+#endif
+    default:
+      return {DEFAULT::row_norm_fwd, DEFAULT::row_norm_bwd, DEFAULT::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+  }
+}
+
+const RowNormBackend& row_norm_backend() {
+  static const RowNormBackend backend = make_row_norm_backend();
   return backend;
 }
 
@@ -69,7 +86,7 @@ const RowNormBackend& cpu_backend() {
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
-  register_row_norm_kernels<cpu::cpu_backend>(m);
+  register_row_norm_kernels<cpu::row_norm_backend>(m);
 }
 
 }  // namespace fused_norm

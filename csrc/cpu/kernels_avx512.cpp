@@ -1,5 +1,5 @@
-// The row-norm CPU kernels for CPUs with AVX-512 (F, BW, VL, DQ) + FMA + F16C (row_norm_cpu.cpp
-// checks at run time). Same scheme as row_norm_avx2.cpp; only the target differs.
+// The CPU kernels for CPUs with AVX-512 (F, BW, VL, DQ) + FMA + F16C (cpu_backends.cpp checks at
+// run time). Same scheme as kernels_avx2.cpp; only the target differs.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "baseline_includes.h"
 
