@@ -19,4 +19,21 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def(
       "rms_norm_bwd(Tensor grad_out, Tensor input, SymInt[] normalized_shape, Tensor rstd, "
       "Tensor? weight, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // Column norms (BatchNorm and its fused forms), in pieces so that SyncBatchNorm can combine
+  // statistics across processes between them. The input is (N, C, *); statistics are per channel
+  // C, in float32 (float64 for float64 input): mean and biased var, or the running statistics in
+  // eval. relu_output is the output of a BatchNorm fused with ReLU (its backward masks grad_out
+  // with relu_output > 0); count is the number of elements per channel the statistics cover.
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm_elemt(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, float eps, bool relu) -> Tensor");
+  m.def(
+      "batch_norm_bwd_reduce(Tensor grad_out, Tensor input, Tensor mean, Tensor? relu_output, "
+      "bool want_grad_residual) -> (Tensor sum_dy, Tensor sum_dy_xmu, Tensor grad_residual)");
+  m.def(
+      "batch_norm_bwd_elemt(Tensor grad_out, Tensor input, Tensor mean, Tensor var, "
+      "Tensor? weight, Tensor? relu_output, Tensor? sum_dy, Tensor? sum_dy_xmu, float eps, "
+      "SymInt count) -> Tensor");
 }

@@ -76,6 +76,42 @@ def _rms_norm_bwd_fake(grad_out, input, normalized_shape, rstd, weight, output_m
     return dx if output_mask[0] else _unwanted(input), _param_grad_fake(output_mask[1], weight, input)
 
 
+def _column_layout_empty(input):
+    """An empty tensor like `input` in the memory order the column-norm ops give their outputs
+    (csrc/common/column_norm.cpp, ColumnLayout): channels-last stays channels-last, anything
+    else comes back contiguous."""
+    if input.dim() > 2 and not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
+        return input.new_empty(input.movedim(1, -1).shape).movedim(-1, 1)
+    return input.new_empty(input.shape)
+
+
+def _per_channel(input):
+    return input.new_empty((input.shape[1],), dtype=stats_dtype(input.dtype))
+
+
+@torch.library.register_fake("fused_norm::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("fused_norm::batch_norm_elemt")
+def _batch_norm_elemt_fake(input, mean, var, weight, bias, residual, eps, relu):
+    return _column_layout_empty(input)
+
+
+@torch.library.register_fake("fused_norm::batch_norm_bwd_reduce")
+def _batch_norm_bwd_reduce_fake(grad_out, input, mean, relu_output, want_grad_residual):
+    wanted = want_grad_residual and relu_output is not None
+    grad_residual = _column_layout_empty(input) if wanted else _unwanted(input)
+    return _per_channel(input), _per_channel(input), grad_residual
+
+
+@torch.library.register_fake("fused_norm::batch_norm_bwd_elemt")
+def _batch_norm_bwd_elemt_fake(grad_out, input, mean, var, weight, relu_output, sum_dy,
+                               sum_dy_xmu, eps, count):
+    return _column_layout_empty(input)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd. The forward ops' autograd is C++ (csrc/common/row_norm_autograd.cpp: it calls the
 # backward op); the backward ops' own backward (double backward) is here and differentiates the

@@ -3,9 +3,12 @@ state_dict keys, repr and isinstance checks are torch's own; only forward runs o
 
 import torch
 
+from . import _batch_norm
 from . import functional as F
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = [
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "RMSNorm", "SyncBatchNorm",
+]
 
 
 class LayerNorm(torch.nn.LayerNorm):
@@ -16,3 +19,101 @@ class LayerNorm(torch.nn.LayerNorm):
 class RMSNorm(torch.nn.RMSNorm):
     def forward(self, x):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class _FusedBatchNorm:
+    """forward of torch's _BatchNorm (running statistics, momentum=None as a cumulative average,
+    num_batches_tracked, track_running_stats=False) on the fused kernels, plus two options:
+    `relu=True` applies ReLU in the same pass, and forward(input, residual) adds `residual`
+    before the activation: relu(bn(input) + residual), the tail of a ResNet block."""
+
+    def __init__(self, *args, relu=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    def extra_repr(self):
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+    def _batch_norm_args(self):
+        """(running_mean, running_var, training, momentum) exactly as torch's _BatchNorm."""
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_running = not self.training or self.track_running_stats
+        return (self.running_mean if keep_running else None,
+                self.running_var if keep_running else None, use_batch_stats, momentum)
+
+    def forward(self, input, residual=None):
+        self._check_input_dim(input)
+        running_mean, running_var, training, momentum = self._batch_norm_args()
+        return _batch_norm.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                      training, momentum, self.eps, residual=residual,
+                                      relu=self.relu)
+
+
+class BatchNorm1d(_FusedBatchNorm, torch.nn.BatchNorm1d):
+    pass
+
+
+class BatchNorm2d(_FusedBatchNorm, torch.nn.BatchNorm2d):
+    pass
+
+
+class BatchNorm3d(_FusedBatchNorm, torch.nn.BatchNorm3d):
+    pass
+
+
+class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm on the fused kernels, over any torch.distributed backend (gloo on
+    CPU included, which torch's own refuses). In training, each process's statistics are
+    combined with one all_gather in forward, and the backward's per-channel sums with one
+    all_reduce; outputs, gradients and running statistics equal BatchNorm's on the concatenated
+    global batch, for uneven and empty local batches too."""
+
+    def forward(self, input, residual=None):
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        running_mean, running_var, training, momentum = self._batch_norm_args()
+        group = self._sync_group() if training else None
+        return _batch_norm.batch_norm(
+            input, running_mean, running_var, self.weight, self.bias, training, momentum,
+            self.eps, residual=residual, relu=self.relu, process_group=group,
+            gather_stats=None if group is None else _batch_norm.gather_stats_across(group))
+
+    def _sync_group(self):
+        """The process group to combine statistics over, or None when there is nobody to
+        combine with (not initialized, or a world of one)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group or dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Like torch.nn.SyncBatchNorm.convert_sync_batchnorm, into this class: every BatchNorm
+        (torch's or ours; a fused ReLU is kept) becomes a SyncBatchNorm with the same parameters,
+        buffers and training mode."""
+        converted = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+                module, SyncBatchNorm):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group,
+                            relu=isinstance(module, _FusedBatchNorm) and module.relu)
+            if module.affine:
+                with torch.no_grad():
+                    converted.weight = module.weight
+                    converted.bias = module.bias
+            converted.running_mean = module.running_mean
+            converted.running_var = module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+            converted.training = module.training
+            if hasattr(module, "qconfig"):
+                converted.qconfig = module.qconfig
+        for name, child in module.named_children():
+            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return converted

@@ -68,3 +68,28 @@ def row_norm_bwd_ref(grad_out, x, normalized_shape, mean, rstd, weight, rms):
     dweight = None if weight is None else (dy * xhat).sum(0).reshape(normalized_shape).to(param_dtype)
     dbias = dy.sum(0).reshape(normalized_shape).to(param_dtype)
     return dx, dweight, dbias
+
+
+def batch_norm_ref(x, mean=None, var=None, weight=None, bias=None, eps=1e-5, residual=None,
+                   relu=False):
+    """BatchNorm over dim 1 of x (N, C, *) with the fused epilogue act(bn(x) + residual).
+
+    With mean/var None the batch statistics (biased variance) are used, else the given ones.
+    """
+    dtype = stats_dtype(x.dtype)
+    xs = x.to(dtype)
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if mean is None:
+        mean = xs.mean(dims)
+        var = (xs - mean.reshape(shape)).square().mean(dims)
+    y = (xs - mean.to(dtype).reshape(shape)) * torch.rsqrt(var.to(dtype).reshape(shape) + eps)
+    if weight is not None:
+        y = y * weight.to(dtype).reshape(shape)
+    if bias is not None:
+        y = y + bias.to(dtype).reshape(shape)
+    if residual is not None:
+        y = y + residual.to(dtype)
+    if relu:
+        y = torch.relu(y)
+    return y.to(x.dtype)

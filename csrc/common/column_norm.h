@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "column_norm_params.h"
+#include "tensor_utils.h"
 
 namespace fused_norm {
 
@@ -24,9 +25,6 @@ struct ColumnNormBackend {
   // How many independent workers the device has for `t` (CPU threads, CUDA multiprocessors).
   int (*parallelism)(const at::Tensor& t);
 };
-
-using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
-using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& input);
 at::Tensor batch_norm_elemt(const ColumnNormBackend& backend, const at::Tensor& input,

@@ -1,6 +1,7 @@
 #include "row_norm.h"
 
 #include "message.h"
+#include "tensor_utils.h"
 
 #include <cmath>
 #include <string>
@@ -10,32 +11,6 @@
 
 namespace fused_norm {
 namespace {
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_INTERNAL_ASSERT(false, message("no kernel dtype for ", t));
-  }
-}
-
-bool is_kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-// Statistics are kept in float, or double for double input (torch's opmath type).
-at::ScalarType stats_dtype(at::ScalarType input) {
-  return input == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_same_device(const at::Tensor& input, const at::Tensor& other) {
-  TORCH_CHECK(input.device() == other.device(),
-              message("Expected all tensors to be on the same device, but found at least two "
-                      "devices, ",
-                      input.device(), " and ", other.device(), "!"));
-}
 
 void check_param(const char* name, const at::Tensor& param, const at::Tensor& input,
                  at::IntArrayRef normalized_shape) {
@@ -98,15 +73,6 @@ RowShape check_row_norm_args(const char* op, bool rms, const at::Tensor& input,
   for (int64_t d = 0; d < input_ndim - norm_ndim; ++d) M *= input.size(d);
   for (int64_t size : normalized_shape) N *= size;
   return {M, N};
-}
-
-const void* data_or_null(const std::optional<at::Tensor>& t) {
-  return t && t->defined() ? t->const_data_ptr() : nullptr;
-}
-
-std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& t) {
-  if (t && t->defined()) return t->contiguous();
-  return std::nullopt;
 }
 
 DType param_dtype(const at::Tensor& input, const std::optional<at::Tensor>& weight,
@@ -217,11 +183,8 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
   p.rms = rms;
   p.sm_count = backend.parallelism(x);
   const size_t workspace_bytes = backend.bwd_workspace_bytes(p);
-  at::Tensor workspace;
-  if (workspace_bytes > 0) {
-    workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, x.options().dtype(at::kByte));
-    p.workspace = workspace.mutable_data_ptr();
-  }
+  const at::Tensor workspace = workspace_for(x, workspace_bytes);
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
   backend.bwd(p);
   return {dx, dweight, dbias};
 }

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "row_norm_params.h"
+#include "tensor_utils.h"
 
 namespace fused_norm {
 
@@ -22,8 +23,6 @@ struct RowNormBackend {
   int (*parallelism)(const at::Tensor& t);
 };
 
-using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
 
 Tensor3 layer_norm_fwd(const RowNormBackend& backend, const at::Tensor& input,
                        at::IntArrayRef normalized_shape, const std::optional<at::Tensor>& weight,

@@ -1,0 +1,283 @@
+#include "column_norm.h"
+
+#include <limits>
+
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+
+namespace fused_norm {
+namespace {
+
+// How an (N, C, *) tensor is laid out for the kernels, as the [A, C, B] of column_norm_params.h.
+// Two memory orders are served as they are: contiguous (A = N, B = prod(*)) and channels-last,
+// i.e. (N, *, C) contiguous (A = N * prod(*), B = 1) — channels_last, channels_last_3d and their
+// 3-D analogue. Any other strides are copied to contiguous first. Every tensor of a call (grad_out,
+// the ReLU output, the residual) is brought to the input's order, and outputs are allocated in it,
+// so the output keeps the input's memory format.
+struct ColumnLayout {
+  bool channels_last = false;
+  ColumnShape shape{};
+
+  static ColumnLayout of(const at::Tensor& input) {
+    ColumnLayout layout;
+    const int64_t N = input.size(0), C = input.size(1);
+    int64_t spatial = 1;
+    for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
+    // A contiguous tensor is served as NCHW even when it is also channels-last (C == 1 or
+    // spatial == 1), the common case.
+    layout.channels_last = input.dim() > 2 && !input.is_contiguous() &&
+                           input.movedim(1, -1).is_contiguous();
+    layout.shape = layout.channels_last ? ColumnShape{N * spatial, C, 1}
+                                        : ColumnShape{N, C, spatial};
+    return layout;
+  }
+
+  // `t` (of the input's sizes) with its memory in this layout: a view when it already is.
+  at::Tensor arrange(const at::Tensor& t) const {
+    if (!channels_last) return t.contiguous();
+    return t.movedim(1, -1).contiguous().movedim(-1, 1);
+  }
+
+  at::Tensor empty(const at::Tensor& like) const {
+    if (!channels_last) return at::empty(like.sizes(), like.options());
+    return at::empty(like.movedim(1, -1).sizes(), like.options()).movedim(-1, 1);
+  }
+
+  int64_t per_channel() const { return shape.A * shape.B; }
+  bool empty_problem() const { return shape.A * shape.C * shape.B == 0; }
+};
+
+const char* device_name(const at::Tensor& t) { return t.is_cuda() ? "CUDA" : "CPU"; }
+
+void check_input(const at::Tensor& input) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      is_kernel_dtype(input.scalar_type()),
+      message("\"batch_norm\" not implemented for '", input.scalar_type(), "'"));
+  TORCH_CHECK(input.dim() >= 2,
+              message("batch_norm: expected input with at least 2 dimensions (N, C, *), but got "
+                      "input of size ",
+                      input.sizes()));
+}
+
+// Per-channel tensors (weight, bias, running statistics): C elements on the input's device, in
+// the input's dtype or float32 with a 16-bit input (torch's mixed-precision rule and wording).
+void check_per_channel(const char* name, const at::Tensor& t, const at::Tensor& input) {
+  const int64_t C = input.size(1);
+  TORCH_CHECK(t.numel() == C,
+              message(name, " should contain ", C, " elements not ", t.numel()));
+  check_same_device(input, t);
+  const at::ScalarType x = input.scalar_type(), p = t.scalar_type();
+  const bool mixed_ok = p == at::kFloat && (x == at::kHalf || x == at::kBFloat16);
+  TORCH_CHECK(p == x || mixed_ok, message("mixed dtype (", device_name(input),
+                                          "): expect parameter to have scalar type of Float"));
+}
+
+// Tensors of the input's shape that come with it (grad_out, relu_output, residual).
+void check_like_input(const char* name, const at::Tensor& t, const at::Tensor& input) {
+  TORCH_CHECK(t.sizes().equals(input.sizes()),
+              message("batch_norm: expected ", name, " of size ", input.sizes(),
+                      " (the input's), but got ", t.sizes()));
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(),
+              message("batch_norm: expected ", name, " of dtype ", input.scalar_type(),
+                      " (the input's), but got ", t.scalar_type()));
+  check_same_device(input, t);
+}
+
+// Statistics for the kernels: [C] contiguous in the opmath dtype (tiny copies when the running
+// statistics are kept in another dtype).
+at::Tensor stats_for_kernel(const at::Tensor& t, const at::Tensor& input) {
+  return t.reshape({-1}).to(stats_dtype(input.scalar_type())).contiguous();
+}
+
+DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                     const std::optional<at::Tensor>& bias) {
+  if (defined(weight)) return to_dtype(weight->scalar_type());
+  if (defined(bias)) return to_dtype(bias->scalar_type());
+  return to_dtype(input.scalar_type());
+}
+
+void check_params(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                  const std::optional<at::Tensor>& bias) {
+  if (defined(weight)) check_per_channel("weight", *weight, input);
+  if (defined(bias)) check_per_channel("bias", *bias, input);
+  if (defined(weight) && defined(bias)) {
+    TORCH_CHECK(weight->scalar_type() == bias->scalar_type(),
+                message("mixed dtype (", device_name(input),
+                        "): expect weight and bias to have the same scalar type, but got ",
+                        weight->scalar_type(), " and ", bias->scalar_type()));
+  }
+}
+
+std::optional<at::Tensor> flat_or_none(const std::optional<at::Tensor>& t) {
+  if (defined(t)) return t->reshape({-1}).contiguous();
+  return std::nullopt;
+}
+
+}  // namespace
+
+Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& input) {
+  check_input(input);
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  const auto options = input.options().dtype(stats_dtype(input.scalar_type()));
+  at::Tensor mean = at::empty({layout.shape.C}, options);
+  at::Tensor var = at::empty({layout.shape.C}, options);
+  if (layout.shape.C == 0) return {mean, var};
+  if (layout.per_channel() == 0) {
+    // torch's batch statistics of an empty batch.
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {mean, var};
+  }
+  const at::Tensor x = layout.arrange(input);
+  ColumnStatsParams p{};
+  p.x = x.const_data_ptr();
+  p.mean = mean.mutable_data_ptr();
+  p.var = var.mutable_data_ptr();
+  p.shape = layout.shape;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.parallelism = backend.parallelism(x);
+  const at::Tensor workspace =
+      workspace_for(x, backend.reduce_workspace_bytes(p.shape, p.x_dtype, p.parallelism));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
+  backend.stats(p);
+  return {mean, var};
+}
+
+at::Tensor batch_norm_elemt(const ColumnNormBackend& backend, const at::Tensor& input,
+                            const at::Tensor& mean_in, const at::Tensor& var_in,
+                            const std::optional<at::Tensor>& weight_in,
+                            const std::optional<at::Tensor>& bias_in,
+                            const std::optional<at::Tensor>& residual_in, double eps,
+                            bool relu) {
+  check_input(input);
+  check_per_channel("running_mean", mean_in, input);
+  check_per_channel("running_var", var_in, input);
+  check_params(input, weight_in, bias_in);
+  if (defined(residual_in)) check_like_input("residual", *residual_in, input);
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  at::Tensor y = layout.empty(input);
+  if (layout.empty_problem()) return y;
+  const at::Tensor x = layout.arrange(input);
+  const at::Tensor mean = stats_for_kernel(mean_in, input);
+  const at::Tensor var = stats_for_kernel(var_in, input);
+  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
+  const std::optional<at::Tensor> bias = flat_or_none(bias_in);
+  const at::Tensor residual = defined(residual_in) ? layout.arrange(*residual_in) : at::Tensor();
+  ColumnNormElemtParams p{};
+  p.x = x.const_data_ptr();
+  p.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
+  p.mean = mean.const_data_ptr();
+  p.var = var.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.bias = data_or_null(bias);
+  p.y = y.mutable_data_ptr();
+  p.shape = layout.shape;
+  p.eps = eps;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.param_dtype = param_dtype_of(x, weight, bias);
+  p.relu = relu;
+  backend.elemt(p);
+  return y;
+}
+
+Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                              const at::Tensor& input, const at::Tensor& mean_in,
+                              const std::optional<at::Tensor>& relu_output,
+                              bool want_grad_residual) {
+  check_input(input);
+  check_like_input("grad_out", grad_out, input);
+  check_per_channel("mean", mean_in, input);
+  if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  const auto options = input.options().dtype(stats_dtype(input.scalar_type()));
+  at::Tensor sum_dy = at::empty({layout.shape.C}, options);
+  at::Tensor sum_dy_xmu = at::empty({layout.shape.C}, options);
+  // Without ReLU the residual's gradient is grad_out itself: the caller uses it directly.
+  const bool write_g = want_grad_residual && defined(relu_output);
+  at::Tensor g = write_g ? layout.empty(input) : at::empty({0}, input.options());
+  if (layout.empty_problem()) {
+    sum_dy.zero_();
+    sum_dy_xmu.zero_();
+    return {sum_dy, sum_dy_xmu, g};
+  }
+  const at::Tensor x = layout.arrange(input);
+  const at::Tensor dy = layout.arrange(grad_out);
+  const at::Tensor y = defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor();
+  const at::Tensor mean = stats_for_kernel(mean_in, input);
+  ColumnNormBwdReduceParams p{};
+  p.dy = dy.const_data_ptr();
+  p.x = x.const_data_ptr();
+  p.y = y.defined() ? y.const_data_ptr() : nullptr;
+  p.mean = mean.const_data_ptr();
+  p.sum_dy = sum_dy.mutable_data_ptr();
+  p.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
+  p.g = write_g ? g.mutable_data_ptr() : nullptr;
+  p.shape = layout.shape;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.parallelism = backend.parallelism(x);
+  const at::Tensor workspace =
+      workspace_for(x, backend.reduce_workspace_bytes(p.shape, p.x_dtype, p.parallelism));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
+  backend.bwd_reduce(p);
+  return {sum_dy, sum_dy_xmu, g};
+}
+
+at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                                const at::Tensor& input, const at::Tensor& mean_in,
+                                const at::Tensor& var_in,
+                                const std::optional<at::Tensor>& weight_in,
+                                const std::optional<at::Tensor>& relu_output,
+                                const std::optional<at::Tensor>& sum_dy_in,
+                                const std::optional<at::Tensor>& sum_dy_xmu_in, double eps,
+                                int64_t count) {
+  check_input(input);
+  check_like_input("grad_out", grad_out, input);
+  check_per_channel("mean", mean_in, input);
+  check_per_channel("var", var_in, input);
+  check_params(input, weight_in, std::nullopt);
+  if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
+  TORCH_CHECK(defined(sum_dy_in) == defined(sum_dy_xmu_in),
+              "batch_norm_bwd_elemt: sum_dy and sum_dy_xmu are given together (training) or "
+              "not at all (eval)");
+  const bool training = defined(sum_dy_in);
+  if (training) {
+    check_per_channel("sum_dy", *sum_dy_in, input);
+    check_per_channel("sum_dy_xmu", *sum_dy_xmu_in, input);
+    TORCH_CHECK(count > 0,
+                message("batch_norm_bwd_elemt: count must be positive, but got ", count));
+  }
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  at::Tensor dx = layout.empty(input);
+  if (layout.empty_problem()) return dx;
+  const at::Tensor x = layout.arrange(input);
+  const at::Tensor dy = layout.arrange(grad_out);
+  const at::Tensor y = defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor();
+  const at::Tensor mean = stats_for_kernel(mean_in, input);
+  const at::Tensor var = stats_for_kernel(var_in, input);
+  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
+  const at::Tensor sum_dy = training ? stats_for_kernel(*sum_dy_in, input) : at::Tensor();
+  const at::Tensor sum_dy_xmu = training ? stats_for_kernel(*sum_dy_xmu_in, input) : at::Tensor();
+  ColumnNormBwdElemtParams p{};
+  p.dy = dy.const_data_ptr();
+  p.x = x.const_data_ptr();
+  p.y = y.defined() ? y.const_data_ptr() : nullptr;
+  p.mean = mean.const_data_ptr();
+  p.var = var.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.sum_dy = training ? sum_dy.const_data_ptr() : nullptr;
+  p.sum_dy_xmu = training ? sum_dy_xmu.const_data_ptr() : nullptr;
+  p.dx = dx.mutable_data_ptr();
+  p.shape = layout.shape;
+  p.eps = eps;
+  p.count = static_cast<double>(count);
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.param_dtype = param_dtype_of(x, weight, std::nullopt);
+  backend.bwd_elemt(p);
+  return dx;
+}
+
+}  // namespace fused_norm

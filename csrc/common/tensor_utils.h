@@ -1,0 +1,62 @@
+// Small torch-facing helpers shared by the row-norm and column-norm ops (and every device): the
+// kernel dtype of a tensor, the opmath dtype of statistics, and checks with torch's wording.
+#pragma once
+
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include "message.h"
+#include "row_norm_params.h"  // DType
+
+namespace fused_norm {
+
+using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
+using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+inline bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_INTERNAL_ASSERT(false, message("no kernel dtype for ", t));
+  }
+}
+
+// Statistics are kept in float, or double for double input (torch's opmath type).
+inline at::ScalarType stats_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_same_device(const at::Tensor& input, const at::Tensor& other) {
+  TORCH_CHECK(input.device() == other.device(),
+              message("Expected all tensors to be on the same device, but found at least two "
+                      "devices, ",
+                      input.device(), " and ", other.device(), "!"));
+}
+
+inline bool defined(const std::optional<at::Tensor>& t) { return t && t->defined(); }
+
+inline const void* data_or_null(const std::optional<at::Tensor>& t) {
+  return defined(t) ? t->const_data_ptr() : nullptr;
+}
+
+inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& t) {
+  if (defined(t)) return t->contiguous();
+  return std::nullopt;
+}
+
+// Scratch memory of `bytes` bytes on input's device (an undefined tensor for 0 bytes).
+inline at::Tensor workspace_for(const at::Tensor& input, size_t bytes) {
+  if (bytes == 0) return at::Tensor();
+  return at::empty({static_cast<int64_t>(bytes)}, input.options().dtype(at::kByte));
+}
+
+}  // namespace fused_norm
