@@ -1,5 +1,5 @@
 // CPU implementations of the norm ops: the kernels of the best capability this CPU has, behind
-// the shared torch-facing code of csrc/common/row_norm.h.
+// the shared torch-facing code of csrc/common/row_norm.h and csrc/common/column_norm.h.
 #include <cstdlib>
 #include <string>
 
@@ -7,6 +7,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "../common/column_norm.h"
 #include "../common/row_norm.h"
 
 namespace fused_norm {
@@ -18,17 +19,32 @@ namespace DEFAULT {
 void row_norm_fwd(const RowNormFwdParams& p);
 void row_norm_bwd(const RowNormBwdParams& p);
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
 }  // namespace DEFAULT
 #if defined(__x86_64__) && defined(__GNUC__)
 namespace AVX2 {
 void row_norm_fwd(const RowNormFwdParams& p);
 void row_norm_bwd(const RowNormBwdParams& p);
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
 }  // namespace AVX2
 namespace AVX512 {
 void row_norm_fwd(const RowNormFwdParams& p);
 void row_norm_bwd(const RowNormBwdParams& p);
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
 }  // namespace AVX512
 #endif
 
@@ -82,11 +98,35 @@ const RowNormBackend& row_norm_backend() {
   return backend;
 }
 
+ColumnNormBackend make_column_norm_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::column_norm_stats, AVX512::column_norm_elemt,
+              AVX512::column_norm_bwd_reduce, AVX512::column_norm_bwd_elemt,
+              AVX512::column_reduce_workspace_bytes, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::column_norm_stats, AVX2::column_norm_elemt, AVX2::column_norm_bwd_reduce,
+              AVX2::column_norm_bwd_elemt, AVX2::column_reduce_workspace_bytes, cpu_threads};
+#endif
+    default:
+      return {DEFAULT::column_norm_stats, DEFAULT::column_norm_elemt,
+              DEFAULT::column_norm_bwd_reduce, DEFAULT::column_norm_bwd_elemt,
+              DEFAULT::column_reduce_workspace_bytes, cpu_threads};
+  }
+}
+
+const ColumnNormBackend& column_norm_backend() {
+  static const ColumnNormBackend backend = make_column_norm_backend();
+  return backend;
+}
+
 }  // namespace
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_row_norm_kernels<cpu::row_norm_backend>(m);
+  register_column_norm_kernels<cpu::column_norm_backend>(m);
 }
 
 }  // namespace fused_norm

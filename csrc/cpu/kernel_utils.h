@@ -39,6 +39,36 @@ struct Chunk {
       at::vec::convert_from_float<T>(v[0], v[1]).store(p);
     }
   }
+
+  // The element count of a chunk: Full for a whole one (a compile-time constant, so that whole
+  // chunks compile to plain loads and stores), else a runtime count below kSize (the last chunk
+  // of a run; its other lanes load as 0 and are not stored).
+  using Full = std::integral_constant<int64_t, kSize>;
+
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts], Full) { load(p, v); }
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts], int64_t count) {
+    if constexpr (kParts == 1) {
+      v[0] = AccVec::loadu(p, count);
+    } else {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count));
+    }
+  }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts], Full) { store(p, v); }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts], int64_t count) {
+    if constexpr (kParts == 1) {
+      v[0].store(p, count);
+    } else {
+      at::vec::convert_from_float<T>(v[0], v[1]).store(p, count);
+    }
+  }
+  // Zeroes the lanes past `count`.
+  static C10_ALWAYS_INLINE void zero_tail(AccVec (&)[kParts], Full) {}
+  static C10_ALWAYS_INLINE void zero_tail(AccVec (&v)[kParts], int64_t count) {
+    for (int k = 0; k < kParts; ++k) {
+      const AccVec lane = AccVec::arange(static_cast<acc_t>(k * AccVec::size()), 1);
+      v[k] = AccVec::blendv(AccVec(0), v[k], lane < AccVec(static_cast<acc_t>(count)));
+    }
+  }
 };
 
 // Sums accumulate in vectors, in kChains independent chains (with one, the latency of each add
