@@ -77,18 +77,46 @@ def sources(*patterns):
     ]
 
 
+# The CPU kernel files compiled for an instruction set beyond the baseline (AVX2, AVX-512).
+ISA_SOURCES = "csrc/cpu/kernels_avx*.cpp"
+
+
+class BuildExtensionIsaLast(cpp_extension.BuildExtension):
+    """Links the per-ISA objects last. Where they and a baseline file both hold a copy of an inline
+    function (std::vector's members, say), the linker keeps the first one, which must be the
+    baseline copy that any CPU can run. setuptools sorts an extension's sources by path before
+    compiling, so the order of the sources list alone does not decide the link order."""
+
+    def build_extension(self, ext):
+        isa_stems = {
+            os.path.splitext(os.path.basename(path))[0] for path in sources(ISA_SOURCES)
+        }
+        link_shared_object = self.compiler.link_shared_object
+
+        def link_isa_last(objects, *args, **kwargs):
+            def is_isa(obj):
+                return os.path.splitext(os.path.basename(obj))[0] in isa_stems
+
+            ordered = [o for o in objects if not is_isa(o)] + [o for o in objects if is_isa(o)]
+            return link_shared_object(ordered, *args, **kwargs)
+
+        self.compiler.link_shared_object = link_isa_last
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler.link_shared_object = link_shared_object
+
+
 def extension():
     # No -std: torch adds the standard its headers need (C++17 up to 2.12, C++20 after).
     # -fopenmp: at::parallel_for is inline OpenMP (torch's build); without the flag it compiles
     # to a serial loop. The libgomp.so.1 it links is the one torch has already loaded.
     cxx_flags = ["-O3", "-fopenmp"]
     link_flags = ["-fopenmp"]
-    # The per-ISA CPU kernel files (csrc/cpu/row_norm_avx*.cpp) link last: where they and a
-    # baseline file both hold a copy of an inline function, the linker keeps the first one, which
-    # must be the baseline copy that any CPU can run.
+    # The per-ISA CPU kernel files link last (BuildExtensionIsaLast).
     cpu_sources = sources(
-        "csrc/*.cpp", "csrc/common/*.cpp", "csrc/cpu/row_norm_cpu.cpp",
-        "csrc/cpu/row_norm_default.cpp", "csrc/cpu/row_norm_avx*.cpp")
+        "csrc/*.cpp", "csrc/common/*.cpp", "csrc/cpu/cpu_backends.cpp",
+        "csrc/cpu/kernels_default.cpp", ISA_SOURCES)
     if not want_cuda():
         return cpp_extension.CppExtension(
             "fused_norm._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
@@ -111,5 +139,5 @@ def extension():
 
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": BuildExtensionIsaLast},
 )

@@ -1,10 +1,13 @@
-// What row_norm_kernels.h includes besides at::vec, for the per-ISA files to include first: compiled
-// for the baseline target, the inline functions these headers define (shared by every translation
-// unit of the library) never carry AVX instructions that a CPU without them would trip on.
+// What the CPU kernel headers include besides at::vec, for the per-ISA files to include first:
+// compiled for the baseline target, the inline functions these headers define (shared by every
+// translation unit of the library) never carry AVX instructions that a CPU without them would
+// trip on.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>

@@ -1,16 +1,16 @@
 // CPU row-norm kernels (LayerNorm, RMSNorm), written once against at::vec::Vectorized and
-// compiled once per CPU capability (row_norm_default.cpp, row_norm_avx2.cpp, row_norm_avx512.cpp):
+// compiled once per CPU capability (kernels_default.cpp, kernels_avx2.cpp, kernels_avx512.cpp):
 // each includer defines CPU_CAPABILITY, which names the namespace, so the instantiations never
 // collide.
-// row_norm_cpu.cpp picks one at run time.
+// cpu_backends.cpp picks one at run time.
 //
 // Contract (csrc/common/row_norm_params.h): M > 0 and N > 0 — the torch-facing code answers
 // zero-size problems itself — and all arrays contiguous. The three entry points at the bottom are
 // defined (not inline) in each capability's namespace.
-#include "baseline_includes.h"
+#pragma once
 
-#include <ATen/cpu/vec/functional.h>  // convert_{to,from}_float for Half/BFloat16
-#include <ATen/cpu/vec/vec.h>
+#include "column_reduce.h"
+#include "kernel_utils.h"
 
 #include "../common/row_norm_params.h"
 
@@ -18,51 +18,10 @@ namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-using at::vec::Vectorized;
-
-// One chunk of T elements, held as kParts vectors of the opmath type: one for float/double,
-// two for Half/BFloat16 (a 16-bit vector widens into two float vectors).
-template <typename T>
-struct Chunk {
-  using acc_t = at::opmath_type<T>;
-  using AccVec = Vectorized<acc_t>;
-  static constexpr int64_t kSize = Vectorized<T>::size();
-  static constexpr int kParts = kSize / AccVec::size();
-
-  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts]) {
-    if constexpr (kParts == 1) {
-      v[0] = AccVec::loadu(p);
-    } else {
-      std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
-    }
-  }
-  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts]) {
-    if constexpr (kParts == 1) {
-      v[0].store(p);
-    } else {
-      at::vec::convert_from_float<T>(v[0], v[1]).store(p);
-    }
-  }
-};
-
 // Two sums over one row, as the kernels need them (sum and sum of squares; sum of g and of
 // g * xhat). add_chunk(i, s1, s2) adds the whole chunk at element i into two vector accumulators,
-// add_element(i, s1, s2) one tail element into the double totals. Two things keep the sums
-// precise and fast: vector accumulators run in kChains independent chains (with one, the latency
-// of each add would bound the loop), and they are flushed into double totals every kBlock
-// elements, so rounding error grows with the block and not with the row (rows reach 1M).
-constexpr int kChains = 4;
-constexpr int64_t kBlock = 2048;
-
-template <typename acc_t>
-double horizontal_sum(const Vectorized<acc_t> (&chains)[kChains]) {
-  Vectorized<acc_t> total = chains[0];
-  for (int c = 1; c < kChains; ++c) total = total + chains[c];
-  // A shuffle tree over the lanes (cheap next to a row of 256 elements; a lane-by-lane loop is not).
-  return at::vec::vec_reduce_all<acc_t>(
-      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, total);
-}
-
+// add_element(i, s1, s2) one tail element into the double totals. The vector accumulators run in
+// kChains chains and are flushed into double totals every kBlock elements (kernel_utils.h).
 // Always inlined: called out of line, the lambdas' captures would be reached through the closure
 // pointer and reloaded after every vector store (the vector types may alias anything).
 template <typename C, typename ChunkF, typename ElementF>
@@ -85,45 +44,6 @@ C10_ALWAYS_INLINE std::pair<double, double> row_sums(int64_t N, ChunkF&& add_chu
   }
   for (int64_t i = N_vec; i < N; ++i) add_element(i, total1, total2);
   return {total1, total2};
-}
-
-template <typename acc_t>
-std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
-  std::vector<acc_t> out(N);
-  auto convert = [&](auto* typed) {
-    for (int64_t j = 0; j < N; ++j) out[j] = static_cast<acc_t>(typed[j]);
-  };
-  switch (dtype) {
-    case DType::kFloat32: convert(static_cast<const float*>(params)); break;
-    case DType::kFloat64: convert(static_cast<const double*>(params)); break;
-    case DType::kFloat16: convert(static_cast<const c10::Half*>(params)); break;
-    case DType::kBFloat16: convert(static_cast<const c10::BFloat16*>(params)); break;
-  }
-  return out;
-}
-
-template <typename acc_t>
-void acc_to_params(const acc_t* values, void* params, DType dtype, int64_t N) {
-  auto convert = [&](auto* typed) {
-    using P = std::remove_pointer_t<decltype(typed)>;
-    for (int64_t j = 0; j < N; ++j) typed[j] = static_cast<P>(values[j]);
-  };
-  switch (dtype) {
-    case DType::kFloat32: convert(static_cast<float*>(params)); break;
-    case DType::kFloat64: convert(static_cast<double*>(params)); break;
-    case DType::kFloat16: convert(static_cast<c10::Half*>(params)); break;
-    case DType::kBFloat16: convert(static_cast<c10::BFloat16*>(params)); break;
-  }
-}
-
-template <typename F>
-void dispatch_x_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(float{}); break;
-    case DType::kFloat64: f(double{}); break;
-    case DType::kFloat16: f(c10::Half{}); break;
-    case DType::kBFloat16: f(c10::BFloat16{}); break;
-  }
 }
 
 // Rows are independent; a task should hold enough elements to amortise the scheduling.
@@ -212,10 +132,16 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
 constexpr int kGroupRows = 4;
 
 // Rows are split into `chunks` fixed ranges, each accumulating its own dweight/dbias partial
-// row in the workspace; the partials are then summed in chunk order. The result depends only on
-// the thread count, never on scheduling: deterministic without atomics.
+// row in the workspace; the partials are then summed by the column reduction (column_reduce.h),
+// in a fixed order. The result depends only on the thread count, never on scheduling:
+// deterministic without atomics.
 inline int64_t bwd_chunks(const RowNormBwdParams& p) {
   return std::max<int64_t>(1, std::min<int64_t>(p.sm_count, p.M));
+}
+
+// The dweight/dbias partials as an [A, C, B] array for their column reduction.
+inline ColumnShape param_partials_shape(const RowNormBwdParams& p) {
+  return {bwd_chunks(p), 2 * p.N, 1};
 }
 
 template <typename T, bool kRms>
@@ -336,22 +262,30 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
   });
 
   if (!want_param_grads) return;
+  // The partials as a [chunks, 2N] column problem: one channel per dweight/dbias entry.
   std::vector<acc_t> totals(2 * N);
-  at::parallel_for(0, 2 * N, 1 << 12, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      acc_t total = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk * 2 * N + j];
-      totals[j] = total;
-    }
-  });
+  column_reduce<SumAcc, acc_t>(
+      param_partials_shape(p), p.sm_count, partials + chunks * 2 * N, nullptr,
+      [&](int64_t i, auto count, const AccVec (&)[1], AccVec (&sum)[1], AccVec (&)[1]) {
+        AccVec partial[1];
+        Chunk<acc_t>::load(partials + i, partial, count);
+        sum[0] = sum[0] + partial[0];
+      },
+      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
   if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
   if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
 }
 
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
   if (!p.dweight && !p.dbias) return 0;
-  const size_t acc_size = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * acc_size;
+  // The partials, then the partial states of their reduction (2N floats per chunk keep those
+  // doubles 8-byte aligned).
+  auto bytes = [&](auto acc_tag) {
+    using acc_t = decltype(acc_tag);
+    return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * sizeof(acc_t) +
+           column_reduce_bytes<acc_t, SumAcc::State>(param_partials_shape(p), p.sm_count);
+  };
+  return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
 }
 
 void row_norm_fwd(const RowNormFwdParams& p) {

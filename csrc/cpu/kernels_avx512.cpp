@@ -1,5 +1,5 @@
-// The row-norm CPU kernels for CPUs with AVX-512 (F, BW, VL, DQ) + FMA + F16C (row_norm_cpu.cpp
-// checks at run time). Same scheme as row_norm_avx2.cpp; only the target differs.
+// The CPU kernels for CPUs with AVX-512 (F, BW, VL, DQ) + FMA + F16C (cpu_backends.cpp checks at
+// run time). Same scheme as kernels_avx2.cpp; only the target differs.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "baseline_includes.h"
 
@@ -17,6 +17,7 @@
 #define __AVX512DQ__ 1
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
+#include "column_norm_kernels.h"
 #include "row_norm_kernels.h"
 // Proof that at::vec took its AVX-512 specialisation rather than the portable one.
 static_assert(std::is_convertible_v<at::vec::Vectorized<float>, __m512>, "AVX-512 Vectorized expected");

@@ -1,4 +1,4 @@
-// The row-norm CPU kernels for CPUs with AVX2 + FMA + F16C (row_norm_cpu.cpp checks at run time).
+// The CPU kernels for CPUs with AVX2 + FMA + F16C (cpu_backends.cpp checks at run time).
 // Only x86-64 has these; elsewhere this file compiles to nothing and DEFAULT serves.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "baseline_includes.h"
@@ -13,6 +13,7 @@
 #define __F16C__ 1
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "column_norm_kernels.h"
 #include "row_norm_kernels.h"
 // Proof that at::vec took its AVX2 specialisation rather than the portable one.
 static_assert(std::is_convertible_v<at::vec::Vectorized<float>, __m256>, "AVX2 Vectorized expected");

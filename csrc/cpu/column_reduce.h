@@ -1,0 +1,354 @@
+// The one column reduction of the CPU kernels: two per-channel sums over the A * B elements of
+// each channel of an [A, C, B] array (element (a, c, b) at (a * C + c) * B + b), folded by an
+// accumulator: plain totals (SumAcc: backward sums, weight-gradient partials) or count, mean and
+// M2 (WelfordAcc: BatchNorm statistics). Compiled once per CPU capability, like its includers.
+//
+// Deterministic without atomics: the work is cut into a fixed set of pieces that depends only on
+// the shape and the thread count, each piece writes its own partial state to the workspace, and
+// the partials are merged per channel in a fixed order.
+//
+// Two ways to walk the array, so that the loads are contiguous vectors either way:
+//   by planes (B of at least a vector and kMinReducedPlaneBytes): each (a, c) plane is a
+//     contiguous run of B elements of one channel; a piece is a range of the array in memory
+//     order, vectorised along B, with one block of sums per plane (or kBlock of it) folded into
+//     the plane's channel state.
+//   by rows (smaller B; B == 1 is channels_last and 2-D input): the array is a sequence of rows
+//     of row_len elements, column j holding channel (j % (C * B)) / B; a piece is a range of rows
+//     and a range of columns, vectorised across columns, with block sums per column folded into
+//     its channels' states.
+//     When C * B is narrower than a vector, a row spans several (a) so that row_len is a whole
+//     number of vectors (C == 1: every lane of a vector is the same channel).
+#pragma once
+
+#include "kernel_utils.h"
+
+#include "../common/column_norm_params.h"
+
+namespace fused_norm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+// Two plain totals per channel.
+struct SumAcc {
+  struct State {
+    double sum1 = 0, sum2 = 0;
+  };
+  static void add_block(State& state, double /*count*/, double sum1, double sum2) {
+    state.sum1 += sum1;
+    state.sum2 += sum2;
+  }
+  static void merge(State& into, const State& from) {
+    into.sum1 += from.sum1;
+    into.sum2 += from.sum2;
+  }
+};
+
+// Count, mean and M2 (sum of squared deviations) of shifted values d = x - shift, fed with the
+// block sums of d and d^2: each block becomes a (count, mean, M2) state and is merged with Chan's
+// formula. With the shift near the data (a value of the channel) the block sums lose nothing to
+// a large offset, and the block bound keeps their rounding independent of the channel's size.
+struct WelfordAcc {
+  struct State {
+    double count = 0, mean = 0, m2 = 0;
+  };
+  static void add_block(State& state, double count, double sum, double sumsq) {
+    const double mean = sum / count;
+    merge(state, {count, mean, sumsq - sum * mean});
+  }
+  static void merge(State& into, const State& from) {
+    if (from.count == 0) return;
+    const double count = into.count + from.count;
+    const double delta = from.mean - into.mean;
+    const double from_share = from.count / count;
+    into.mean += delta * from_share;
+    into.m2 += from.m2 + delta * delta * into.count * from_share;
+    into.count = count;
+  }
+};
+
+// By rows, each lane sums one column down the rows of a block in a single chain (by planes, a
+// block is spread over kChains chains and all lanes): a shorter block keeps its rounding as small.
+constexpr int64_t kRowBlock = 256;
+// Pieces need enough elements to amortise their scheduling and their partial states.
+constexpr int64_t kMinPieceElements = 1 << 14;
+// By rows, a piece folds its column sums into its channel states once per block: a piece needs
+// enough rows for its blocks to hold more than a handful of rows.
+constexpr int64_t kMinPieceRows = 64;
+// By rows, rows of one piece are walked in sub-blocks of about this many bytes, column tile by
+// column tile, so that the sub-block is still in cache when the next tile reads it; but of at
+// least kMinSubRows rows, since a tile loads and stores its sums once per sub-block (rows of
+// 7x7 planes are 100 KB wide).
+constexpr int64_t kSubBlockBytes = 32 << 10;
+constexpr int64_t kMinSubRows = 8;
+// By rows with C * B narrower than a vector, the widest row spanning several (a) (the least
+// common multiple of C * B and the vector width); a wider one would only add columns.
+constexpr int64_t kMaxGroupedRow = 4096;
+// The reduction walks planes shorter than this by rows: each plane ends its block, and blocks of
+// a few vectors would cost more to fold into the states than to sum (7x7 and 14x14 planes).
+constexpr int64_t kMinReducedPlaneBytes = 1024;
+
+// How an [A, C, B] array is walked (the header comment): by rows when B < min_plane (at least
+// one vector of vec_size elements).
+struct ColumnLayout {
+  bool by_rows;
+  int64_t row_len;  // by rows: columns per row, a multiple of C * B; by planes: unused (0)
+
+  ColumnLayout(const ColumnShape& s, int64_t vec_size, int64_t min_plane)
+      : by_rows(s.B < std::max(vec_size, min_plane)), row_len(0) {
+    if (!by_rows) return;
+    const int64_t period = s.C * s.B;
+    const int64_t grouped = std::lcm(period, vec_size);
+    row_len = period % vec_size != 0 && grouped <= kMaxGroupedRow ? grouped : period;
+  }
+};
+
+// The fixed set of pieces, each with its own partial state per channel. By planes: `slices`
+// ranges of the array in memory order (cut anywhere, even inside a plane), state [slice][c]. By
+// rows: `slices` ranges of the full rows times `col_groups` ranges of the columns, state
+// [slice][group][c]; the elements after the last full row (by rows with grouped rows) belong to
+// the last slice.
+struct ColumnReducePlan {
+  ColumnLayout layout;
+  int64_t rows = 0;  // by rows: full rows
+  int64_t slices = 1;
+  int64_t col_groups = 1;
+  int64_t states = 0;  // partial states in the workspace
+
+  ColumnReducePlan(const ColumnShape& s, int64_t vec_size, int64_t elem_bytes, int parallelism)
+      : layout(s, vec_size, kMinReducedPlaneBytes / elem_bytes) {
+    const int64_t total = s.A * s.C * s.B;
+    const int64_t threads = std::max(1, parallelism);
+    const int64_t max_pieces = std::max<int64_t>(1, total / kMinPieceElements);
+    if (!layout.by_rows) {
+      slices = std::min(threads, max_pieces);
+      states = slices * s.C;
+      return;
+    }
+    const int64_t row_len = layout.row_len;
+    rows = total / row_len;
+    slices = std::max<int64_t>(1, std::min({threads, rows / kMinPieceRows, max_pieces}));
+    // Few rows (the weight-gradient partials; a 2-D input with a small batch): split the columns.
+    const int64_t col_chunks = (row_len + vec_size - 1) / vec_size;
+    col_groups = std::max<int64_t>(
+        1, std::min({(threads + slices - 1) / slices, col_chunks, max_pieces / slices}));
+    states = slices * col_groups * s.C;
+  }
+};
+
+// Reduces the [A, C, B] array described by `s` and the functor, and calls finish(c, state) once
+// per channel with the merged state.
+//   add_chunk(i, count, param, sum1, sum2): adds the chunk of `count` elements at flat index i
+//     (all of one channel by planes; consecutive columns by rows) into the vector sums, part by
+//     part; param[k] holds the channel parameter of each lane (below). count is Chunk<T>::Full
+//     for a whole chunk, else a number below Chunk<T>::kSize: the last chunk of a plane or a row,
+//     whose other lanes must add nothing.
+// channel_param: [C] opmath values handed to the functor with each element's channel (the shift
+// of the statistics, the mean of the backward), or nullptr (0).
+// workspace: plan.states partial states (Acc::State), 8-byte aligned.
+// Always inlined: called out of line, the lambdas' captures would be reached through the closure
+// pointer and reloaded after every vector store (the vector types may alias anything).
+template <typename Acc, typename T, typename ChunkF, typename FinishF>
+C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void* workspace,
+                                     const at::opmath_type<T>* channel_param, ChunkF&& add_chunk,
+                                     FinishF&& finish) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Full = typename C::Full;
+  using State = typename Acc::State;
+  constexpr int64_t kVec = C::kSize;
+  constexpr int64_t kW = AccVec::size();
+  constexpr int kParts = C::kParts;
+  const ColumnReducePlan plan(s, kVec, sizeof(T), parallelism);
+  const int64_t B = s.B, CB = s.C * s.B;
+  State* states = static_cast<State*>(workspace);
+  auto param_of = [&](int64_t c) { return channel_param ? channel_param[c] : acc_t(0); };
+
+  if (!plan.layout.by_rows) {
+    const int64_t slices = plan.slices, total = s.A * CB;
+    at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
+      for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+        State* slice_states = states + slice * s.C;
+        std::fill(slice_states, slice_states + s.C, State());
+        AccVec sum1[kChains][kParts], sum2[kChains][kParts];
+        auto reset = [&] {
+          for (int ch = 0; ch < kChains; ++ch) {
+            for (int k = 0; k < kParts; ++k) sum1[ch][k] = sum2[ch][k] = AccVec(0);
+          }
+        };
+        auto flush = [&](State& state, int64_t count) {
+          AccVec total1[kChains], total2[kChains];
+          for (int ch = 0; ch < kChains; ++ch) {
+            total1[ch] = sum1[ch][0];
+            total2[ch] = sum2[ch][0];
+            for (int k = 1; k < kParts; ++k) {
+              total1[ch] = total1[ch] + sum1[ch][k];
+              total2[ch] = total2[ch] + sum2[ch][k];
+            }
+          }
+          Acc::add_block(state, static_cast<double>(count), horizontal_sum(total1),
+                         horizontal_sum(total2));
+          reset();
+        };
+        reset();
+        // The slice's elements in memory order, run by run: a run is the part of one (a, c)
+        // plane inside the slice, cut at kBlock elements (a block of its channel).
+        const int64_t end = total * (slice + 1) / slices;
+        int64_t i = total * slice / slices;
+        int64_t plane = i / B, c = plane % s.C;
+        while (i < end) {
+          AccVec param[kParts];
+          for (int k = 0; k < kParts; ++k) param[k] = AccVec(param_of(c));
+          const int64_t plane_end = std::min(end, (plane + 1) * B);
+          for (int64_t block_end; i < plane_end; i = block_end) {
+            block_end = std::min(plane_end, i + kBlock);
+            const int64_t block_begin = i;
+            for (; i + kChains * kVec <= block_end; i += kChains * kVec) {
+              for (int ch = 0; ch < kChains; ++ch) {
+                add_chunk(i + ch * kVec, Full(), param, sum1[ch], sum2[ch]);
+              }
+            }
+            for (; i + kVec <= block_end; i += kVec) add_chunk(i, Full(), param, sum1[0], sum2[0]);
+            if (i < block_end) add_chunk(i, block_end - i, param, sum1[1], sum2[1]);
+            flush(slice_states[c], block_end - block_begin);
+          }
+          ++plane;
+          c = c + 1 == s.C ? 0 : c + 1;
+        }
+      }
+    });
+  } else {
+    const int64_t row_len = plan.layout.row_len, rows = plan.rows;
+    const int64_t slices = plan.slices, col_groups = plan.col_groups;
+    const int64_t col_chunks = (row_len + kVec - 1) / kVec;
+    // Per-column copies of the channel parameter, padded to whole chunks.
+    std::vector<acc_t> column_param(col_chunks * kVec);
+    for (int64_t j = 0; j < row_len; ++j) column_param[j] = param_of((j % CB) / B);
+    const acc_t* col_param = column_param.data();
+    // A column tile: kTileChunks chunks side by side, their sums held in registers over the rows
+    // of a sub-block (each sum its own chain). Wider tiles mean fewer passes over a sub-block:
+    // 8 vectors of parameters and two sums fill 24 of AVX-512's 32 registers, 4 vectors 12 of
+    // AVX2's 16.
+    constexpr int kTileVectors = Vectorized<float>::size() >= 16 ? 8 : 4;
+    constexpr int kTileChunks = std::max(1, kTileVectors / kParts);
+
+    at::parallel_for(0, slices * col_groups, 1, [&](int64_t piece_begin, int64_t piece_end) {
+      for (int64_t piece = piece_begin; piece < piece_end; ++piece) {
+        const int64_t slice = piece / col_groups, group = piece % col_groups;
+        const int64_t chunk_begin = col_chunks * group / col_groups;
+        const int64_t chunk_end = col_chunks * (group + 1) / col_groups;
+        const int64_t col_begin = chunk_begin * kVec;
+        const int64_t col_end = std::min(row_len, chunk_end * kVec);
+        const int64_t row_begin = rows * slice / slices, row_end = rows * (slice + 1) / slices;
+        State* piece_states = states + (slice * col_groups + group) * s.C;
+        std::fill(piece_states, piece_states + s.C, State());
+        // The block's two sums of each column of the piece, padded to whole chunks.
+        const int64_t n_cols = (chunk_end - chunk_begin) * kVec;
+        std::vector<acc_t> block_sums(2 * n_cols);
+        acc_t* block_sum1 = block_sums.data();
+        acc_t* block_sum2 = block_sum1 + n_cols;
+        const int64_t sub_rows = std::clamp<int64_t>(
+            kSubBlockBytes / static_cast<int64_t>(n_cols * sizeof(T)), kMinSubRows, kRowBlock);
+
+        // Adds rows [r0, r1) of the tile of kN chunks at column j, `count` columns wide when
+        // not whole, into the block sums.
+        auto add_tile = [&](auto n_chunks, int64_t j, int64_t r0, int64_t r1, auto count) {
+          constexpr int kN = decltype(n_chunks)::value;
+          AccVec param[kN][kParts], sum1[kN][kParts], sum2[kN][kParts];
+          for (int n = 0; n < kN; ++n) {
+            for (int k = 0; k < kParts; ++k) {
+              const int64_t col = j + n * kVec + k * kW;
+              param[n][k] = AccVec::loadu(col_param + col);
+              sum1[n][k] = AccVec::loadu(block_sum1 + col - col_begin);
+              sum2[n][k] = AccVec::loadu(block_sum2 + col - col_begin);
+            }
+          }
+          for (int64_t r = r0; r < r1; ++r) {
+            for (int n = 0; n < kN; ++n) {
+              add_chunk(r * row_len + j + n * kVec, count, param[n], sum1[n], sum2[n]);
+            }
+          }
+          for (int n = 0; n < kN; ++n) {
+            for (int k = 0; k < kParts; ++k) {
+              const int64_t col = j + n * kVec + k * kW;
+              sum1[n][k].store(block_sum1 + col - col_begin);
+              sum2[n][k].store(block_sum2 + col - col_begin);
+            }
+          }
+        };
+        // Adds rows [r0, r1) of columns [col_begin, end) into the block sums, tile by tile (a
+        // half tile then single chunks for what is left).
+        auto add_rows = [&](int64_t r0, int64_t r1, int64_t end) {
+          using One = std::integral_constant<int, 1>;
+          constexpr int kHalfTile = std::max(1, kTileChunks / 2);
+          int64_t j = col_begin;
+          for (; j + kTileChunks * kVec <= end; j += kTileChunks * kVec) {
+            add_tile(std::integral_constant<int, kTileChunks>(), j, r0, r1, Full());
+          }
+          if (j + kHalfTile * kVec <= end) {
+            add_tile(std::integral_constant<int, kHalfTile>(), j, r0, r1, Full());
+            j += kHalfTile * kVec;
+          }
+          for (; j + kVec <= end; j += kVec) add_tile(One(), j, r0, r1, Full());
+          if (j < end) add_tile(One(), j, r0, r1, end - j);
+        };
+        // Folds the block sums of columns [col_begin, end) over `block_rows` rows into the
+        // channel states, one run of a channel's (up to B) adjacent columns at a time.
+        auto flush = [&](int64_t end, int64_t block_rows) {
+          int64_t c = (col_begin % CB) / B;
+          for (int64_t j = col_begin, next = (col_begin / B + 1) * B; j < end;
+               j = next, next += B, c = c + 1 == s.C ? 0 : c + 1) {
+            const int64_t run_end = std::min(end, next);
+            double sum1 = 0, sum2 = 0;
+            for (int64_t t = j - col_begin; t < run_end - col_begin; ++t) {
+              sum1 += block_sum1[t];
+              sum2 += block_sum2[t];
+            }
+            Acc::add_block(piece_states[c], static_cast<double>((run_end - j) * block_rows),
+                           sum1, sum2);
+          }
+          std::fill(block_sums.begin(), block_sums.end(), acc_t(0));
+        };
+
+        for (int64_t block = row_begin; block < row_end; block += kRowBlock) {
+          const int64_t block_end = std::min(row_end, block + kRowBlock);
+          for (int64_t sub = block; sub < block_end; sub += sub_rows) {
+            add_rows(sub, std::min(block_end, sub + sub_rows), col_end);
+          }
+          flush(col_end, block_end - block);
+        }
+        // The elements after the last full row (with grouped rows), as one more row.
+        if (slice == slices - 1) {
+          const int64_t partial_end = std::min(col_end, s.A * CB - rows * row_len);
+          if (partial_end > col_begin) {
+            add_rows(rows, rows + 1, partial_end);
+            flush(partial_end, 1);
+          }
+        }
+      }
+    });
+  }
+
+  // Merge each channel's partial states in a fixed order: piece by piece, in piece order.
+  const int64_t pieces_per_channel = plan.states / s.C;
+  at::parallel_for(0, s.C, 1 << 8, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      State total;
+      for (int64_t piece = 0; piece < pieces_per_channel; ++piece) {
+        Acc::merge(total, states[piece * s.C + c]);
+      }
+      finish(c, total);
+    }
+  });
+}
+
+// Workspace bytes column_reduce needs for `s` with accumulator state `State`.
+template <typename T, typename State>
+size_t column_reduce_bytes(const ColumnShape& s, int parallelism) {
+  return static_cast<size_t>(ColumnReducePlan(s, Chunk<T>::kSize, sizeof(T), parallelism).states) *
+         sizeof(State);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fused_norm

@@ -1,0 +1,132 @@
+// CPU implementations of the norm ops: the kernels of the best capability this CPU has, behind
+// the shared torch-facing code of csrc/common/row_norm.h and csrc/common/column_norm.h.
+#include <cstdlib>
+#include <string>
+
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include "../common/column_norm.h"
+#include "../common/row_norm.h"
+
+namespace fused_norm {
+namespace cpu {
+
+// Defined once per capability by the kernel headers (kernels_default.cpp, kernels_avx2.cpp,
+// kernels_avx512.cpp).
+namespace DEFAULT {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+}  // namespace DEFAULT
+#if defined(__x86_64__) && defined(__GNUC__)
+namespace AVX2 {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+}  // namespace AVX2
+namespace AVX512 {
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+}  // namespace AVX512
+#endif
+
+namespace {
+
+enum class Capability { kDefault, kAvx2, kAvx512 };
+
+// The widest instruction set this CPU has and the kernels were built for, or a narrower one named
+// by FUSED_NORM_CPU_CAPABILITY=default|avx2 (so that tests can run every variant on one machine).
+Capability detect_capability() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const char* requested_env = std::getenv("FUSED_NORM_CPU_CAPABILITY");
+  const std::string requested = requested_env ? requested_env : "";
+  __builtin_cpu_init();
+  const bool has_avx2 = requested != "default" && __builtin_cpu_supports("avx2") &&
+                        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool has_avx512 = has_avx2 && requested != "avx2" && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (has_avx512) return Capability::kAvx512;
+  if (has_avx2) return Capability::kAvx2;
+#endif
+  return Capability::kDefault;
+}
+
+Capability cpu_capability() {
+  static const Capability capability = detect_capability();
+  return capability;
+}
+
+int cpu_threads(const at::Tensor&) { return at::get_num_threads(); }
+
+RowNormBackend make_row_norm_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::row_norm_fwd, AVX512::row_norm_bwd, AVX512::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::row_norm_fwd, AVX2::row_norm_bwd, AVX2::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+#endif
+    default:
+      return {DEFAULT::row_norm_fwd, DEFAULT::row_norm_bwd, DEFAULT::row_norm_bwd_workspace_bytes,
+              cpu_threads};
+  }
+}
+
+const RowNormBackend& row_norm_backend() {
+  static const RowNormBackend backend = make_row_norm_backend();
+  return backend;
+}
+
+ColumnNormBackend make_column_norm_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::column_norm_stats, AVX512::column_norm_elemt,
+              AVX512::column_norm_bwd_reduce, AVX512::column_norm_bwd_elemt,
+              AVX512::column_reduce_workspace_bytes, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::column_norm_stats, AVX2::column_norm_elemt, AVX2::column_norm_bwd_reduce,
+              AVX2::column_norm_bwd_elemt, AVX2::column_reduce_workspace_bytes, cpu_threads};
+#endif
+    default:
+      return {DEFAULT::column_norm_stats, DEFAULT::column_norm_elemt,
+              DEFAULT::column_norm_bwd_reduce, DEFAULT::column_norm_bwd_elemt,
+              DEFAULT::column_reduce_workspace_bytes, cpu_threads};
+  }
+}
+
+const ColumnNormBackend& column_norm_backend() {
+  static const ColumnNormBackend backend = make_column_norm_backend();
+  return backend;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
+  register_row_norm_kernels<cpu::row_norm_backend>(m);
+  register_column_norm_kernels<cpu::column_norm_backend>(m);
+}
+
+}  // namespace fused_norm

@@ -1,0 +1,131 @@
+// Pieces every CPU kernel header uses: the widening Chunk<T>, horizontal sums, parameter
+// conversion, dtype dispatch. Like the kernel headers, compiled once per CPU capability: the
+// includer defines CPU_CAPABILITY, which names the namespace.
+#pragma once
+
+#include "baseline_includes.h"
+
+#include <ATen/cpu/vec/functional.h>  // convert_{to,from}_float for Half/BFloat16
+#include <ATen/cpu/vec/vec.h>
+
+#include "../common/row_norm_params.h"  // DType
+
+namespace fused_norm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// One chunk of T elements, held as kParts vectors of the opmath type: one for float/double,
+// two for Half/BFloat16 (a 16-bit vector widens into two float vectors).
+template <typename T>
+struct Chunk {
+  using acc_t = at::opmath_type<T>;
+  using AccVec = Vectorized<acc_t>;
+  static constexpr int64_t kSize = Vectorized<T>::size();
+  static constexpr int kParts = kSize / AccVec::size();
+
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts]) {
+    if constexpr (kParts == 1) {
+      v[0] = AccVec::loadu(p);
+    } else {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
+    }
+  }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts]) {
+    if constexpr (kParts == 1) {
+      v[0].store(p);
+    } else {
+      at::vec::convert_from_float<T>(v[0], v[1]).store(p);
+    }
+  }
+
+  // The element count of a chunk: Full for a whole one (a compile-time constant, so that whole
+  // chunks compile to plain loads and stores), else a runtime count below kSize (the last chunk
+  // of a run; its other lanes load as 0 and are not stored).
+  using Full = std::integral_constant<int64_t, kSize>;
+
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts], Full) { load(p, v); }
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[kParts], int64_t count) {
+    if constexpr (kParts == 1) {
+      v[0] = AccVec::loadu(p, count);
+    } else {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count));
+    }
+  }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts], Full) { store(p, v); }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[kParts], int64_t count) {
+    if constexpr (kParts == 1) {
+      v[0].store(p, count);
+    } else {
+      at::vec::convert_from_float<T>(v[0], v[1]).store(p, count);
+    }
+  }
+  // Zeroes the lanes past `count`.
+  static C10_ALWAYS_INLINE void zero_tail(AccVec (&)[kParts], Full) {}
+  static C10_ALWAYS_INLINE void zero_tail(AccVec (&v)[kParts], int64_t count) {
+    for (int k = 0; k < kParts; ++k) {
+      const AccVec lane = AccVec::arange(static_cast<acc_t>(k * AccVec::size()), 1);
+      v[k] = AccVec::blendv(AccVec(0), v[k], lane < AccVec(static_cast<acc_t>(count)));
+    }
+  }
+};
+
+// Sums accumulate in vectors, in kChains independent chains (with one, the latency of each add
+// would bound the loop), and are flushed into double totals every kBlock elements or so, so that
+// rounding error grows with the block and not with the reduced extent (which reaches millions).
+constexpr int kChains = 4;
+constexpr int64_t kBlock = 2048;
+
+// The sum of all lanes of kN vectors, in double.
+template <typename acc_t, int kN>
+double horizontal_sum(const Vectorized<acc_t> (&vectors)[kN]) {
+  Vectorized<acc_t> total = vectors[0];
+  for (int c = 1; c < kN; ++c) total = total + vectors[c];
+  // A shuffle tree over the lanes (cheap next to a block of elements; a lane-by-lane loop is not).
+  return at::vec::vec_reduce_all<acc_t>(
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, total);
+}
+
+template <typename acc_t>
+std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
+  std::vector<acc_t> out(N);
+  auto convert = [&](auto* typed) {
+    for (int64_t j = 0; j < N; ++j) out[j] = static_cast<acc_t>(typed[j]);
+  };
+  switch (dtype) {
+    case DType::kFloat32: convert(static_cast<const float*>(params)); break;
+    case DType::kFloat64: convert(static_cast<const double*>(params)); break;
+    case DType::kFloat16: convert(static_cast<const c10::Half*>(params)); break;
+    case DType::kBFloat16: convert(static_cast<const c10::BFloat16*>(params)); break;
+  }
+  return out;
+}
+
+template <typename acc_t>
+void acc_to_params(const acc_t* values, void* params, DType dtype, int64_t N) {
+  auto convert = [&](auto* typed) {
+    using P = std::remove_pointer_t<decltype(typed)>;
+    for (int64_t j = 0; j < N; ++j) typed[j] = static_cast<P>(values[j]);
+  };
+  switch (dtype) {
+    case DType::kFloat32: convert(static_cast<float*>(params)); break;
+    case DType::kFloat64: convert(static_cast<double*>(params)); break;
+    case DType::kFloat16: convert(static_cast<c10::Half*>(params)); break;
+    case DType::kBFloat16: convert(static_cast<c10::BFloat16*>(params)); break;
+  }
+}
+
+template <typename F>
+void dispatch_x_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat64: f(double{}); break;
+    case DType::kFloat16: f(c10::Half{}); break;
+    case DType::kBFloat16: f(c10::BFloat16{}); break;
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fused_norm

@@ -1,3 +1,0 @@
-// The row-norm CPU kernels for any x86-64/ARM CPU: at::vec's portable Vectorized.
-#define CPU_CAPABILITY DEFAULT
-#include "row_norm_kernels.h"
