@@ -112,16 +112,19 @@ def _differentiable_backward(ctx, grad_y):
     input, weight, bias, mean, var, relu_output = ctx.saved_tensors
     needs = ctx.needs_input_grad[:4]
     with torch.enable_grad():
-        leaves = [None if t is None else t.detach().requires_grad_()
-                  for t in (input, weight, bias, torch.zeros_like(input) if needs[3] else None)]
+        # The saved tensors themselves (not detached copies), so that the gradients returned
+        # stay connected to the caller's graph. The residual's value does not matter: a zero
+        # stand-in whose gradient is grad_y masked like the output's.
+        residual = torch.zeros_like(input).requires_grad_() if needs[3] else None
+        operands = [input, weight, bias, residual]
         stats = (None, None) if ctx.training else (mean, var)
-        y = batch_norm_ref(leaves[0], stats[0], stats[1], leaves[1], leaves[2], ctx.eps,
-                           leaves[3])
+        y = batch_norm_ref(input, stats[0], stats[1], weight, bias, ctx.eps, residual)
         if relu_output is not None:
-            y = y * (relu_output > 0)
-        wanted = [t for t, need in zip(leaves, needs) if t is not None and need]
+            y = y * (relu_output <= 0).logical_not()
+        wanted = [t for t, need in zip(operands, needs) if t is not None and need]
         grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
-    result = [next(grads) if t is not None and need else None for t, need in zip(leaves, needs)]
+    result = [next(grads) if t is not None and need else None
+              for t, need in zip(operands, needs)]
     return tuple(result) + (None,) * 7
 
 

@@ -21,24 +21,85 @@ import torch.nn.functional as F
 
 import fused_norm
 
-# name -> (ours, torch's); each takes (x, weight, bias) and normalizes over the last dim.
-# Ops without a bias get bias=None.
-OPS = {
-    "layer_norm": (
-        lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
-        lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b),
-    ),
-    "rms_norm": (
-        lambda x, w, b: fused_norm.rms_norm(x, x.shape[-1:], w),
-        lambda x, w, b: F.rms_norm(x, x.shape[-1:], w),
-    ),
-}
+class RowNorm:
+    """LayerNorm / RMSNorm over the last dim of an (M, N) tensor. Bytes: forward reads x and
+    writes y; backward reads x and dy and writes dx."""
 
-# (rows, hidden): hidden sizes of common models at 2^27 elements (256 MB per bf16 tensor, far
-# beyond the L2 cache), plus very long rows.
-CUDA_SHAPES = [(131072, 1024), (65536, 2048), (32768, 4096), (16384, 8192), (8192, 16384),
-               (2048, 65536)]
-CPU_SHAPES = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)]
+    # (rows, hidden): hidden sizes of common models at 2^27 elements (256 MB per bf16 tensor,
+    # far beyond the L2 cache), plus very long rows.
+    cuda_shapes = [(131072, 1024), (65536, 2048), (32768, 4096), (16384, 8192), (8192, 16384),
+                   (2048, 65536)]
+    cpu_shapes = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)]
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def __init__(self, ours, theirs, has_bias):
+        self.ours, self.theirs, self.has_bias = ours, theirs, has_bias
+
+    def make(self, shape, layout, device, dtype):
+        """(inputs that require grad, ours, torch's): the callables take the inputs."""
+        M, N = shape
+        x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+        b = torch.randn(N, device=device, dtype=dtype, requires_grad=True) if self.has_bias else None
+        inputs = [t for t in (x, w, b) if t is not None]
+        return inputs, (lambda *a: self.ours(x, w, b)), (lambda *a: self.theirs(x, w, b))
+
+
+class BatchNorm:
+    """Training BatchNorm2d (optionally + ReLU, or + residual + ReLU) of an (N, C, H, W) tensor,
+    NCHW or channels_last. Bytes as the issue counts them: forward reads x (and the residual)
+    and writes y; backward reads x and dy and writes dx (and the residual's gradient)."""
+
+    cuda_shapes = [(32, 256, 56, 56), (64, 64, 112, 112), (256, 1024, 14, 14)]
+    cpu_shapes = [(16, 64, 56, 56), (32, 256, 14, 14), (8, 32, 112, 112)]
+    layouts = ["contiguous", "channels_last"]
+
+    def __init__(self, fused):
+        self.fused = fused  # None, "relu" or "add_relu"
+        extra = 1 if fused == "add_relu" else 0
+        self.fwd_tensors, self.bwd_tensors = 2 + extra, 3 + extra
+
+    def make(self, shape, layout, device, dtype):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        x.requires_grad_()
+        C = shape[1]
+        w = torch.randn(C, device=device, dtype=dtype, requires_grad=True)
+        b = torch.randn(C, device=device, dtype=dtype, requires_grad=True)
+        inputs = [x, w, b]
+        residual = None
+        if self.fused == "add_relu":
+            residual = torch.randn_like(x).requires_grad_()
+            inputs.append(residual)
+        stats = [torch.zeros(C, device=device, dtype=dtype), torch.ones(C, device=device, dtype=dtype)]
+        theirs_stats = [t.clone() for t in stats]
+
+        def ours(*_):
+            if self.fused == "relu":
+                return fused_norm.batch_norm_relu(x, *stats, w, b, True)
+            if self.fused == "add_relu":
+                return fused_norm.batch_norm_add_relu(x, residual, *stats, w, b, True)
+            return fused_norm.batch_norm(x, *stats, w, b, True)
+
+        def theirs(*_):
+            y = F.batch_norm(x, *theirs_stats, w, b, True)
+            if residual is not None:
+                y = y + residual
+            return F.relu(y) if self.fused else y
+
+        return inputs, ours, theirs
+
+
+OPS = {
+    "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
+                          lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
+    "rms_norm": RowNorm(lambda x, w, b: fused_norm.rms_norm(x, x.shape[-1:], w),
+                        lambda x, w, b: F.rms_norm(x, x.shape[-1:], w), has_bias=False),
+    "batch_norm": BatchNorm(None),
+    "batch_norm_relu": BatchNorm("relu"),
+    "batch_norm_add_relu": BatchNorm("add_relu"),
+}
 
 
 def timer(device):
@@ -81,69 +142,75 @@ def timer(device):
     return measure
 
 
-def forward_and_backward(fn, x, w, b, dy):
+def forward_and_backward(fn, inputs, dy):
     """Callables that time the forward alone and the backward alone (graph kept between runs)."""
-    leaves = [t for t in (x, w, b) if t is not None]
-    y = fn(x, w, b)
+    y = fn()
 
     def forward():
         with torch.no_grad():
-            fn(x, w, b)
+            fn()
 
     def backward():
-        torch.autograd.grad(y, leaves, dy, retain_graph=True)
+        torch.autograd.grad(y, inputs, dy, retain_graph=True)
 
     return forward, backward
+
+
+def shape_text(shape):
+    return "x".join(str(size) for size in shape)
 
 
 def run(device, op_names, dtypes, shapes, reps, compile_peer):
     measure = timer(device)
     rows = []
+    if compile_peer:
+        # Recompiled per shape (static shapes, as a user would get); the limit is raised so that
+        # the sweep never falls back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for op_name in op_names:
-        ours, theirs = OPS[op_name]
-        impls = {"fused_norm": ours, "torch": theirs}
-        has_bias = op_name != "rms_norm"
-        if compile_peer:
-            # A fresh compiled function per op, recompiled per shape (static shapes, as a user
-            # would get); the limit is raised so that the sweep never falls back to eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            impls["torch.compile"] = torch.compile(theirs, dynamic=False)
+        op = OPS[op_name]
+        op_shapes = shapes or (op.cuda_shapes if device.type == "cuda" else op.cpu_shapes)
         for dtype in dtypes:
-            for M, N in shapes:
-                x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
-                w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
-                b = (torch.randn(N, device=device, dtype=dtype, requires_grad=True)
-                     if has_bias else None)
-                dy = torch.randn_like(x)
-                tensor_bytes = x.numel() * x.element_size()
-                copy_dst = torch.empty_like(x)
-                (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)
-                copy_bw = 2 * tensor_bytes / copy_time
-                # One (forward, backward) pair per implementation: each builds its graph once.
-                pairs = [forward_and_backward(fn, x, w, b, dy) for fn in impls.values()]
-                for direction, moved in (("fwd", 2 * tensor_bytes), ("bwd", 3 * tensor_bytes)):
-                    fns = [pair[direction == "bwd"] for pair in pairs]
-                    times = dict(zip(impls, measure(fns, reps)))
-                    row = {
-                        "op": op_name, "dtype": str(dtype).replace("torch.", ""), "M": M, "N": N,
-                        "direction": direction, "copy_GBps": copy_bw / 1e9,
-                    }
-                    for name, seconds in times.items():
-                        row[f"{name}_us"] = seconds * 1e6
-                        row[f"{name}_GBps"] = moved / seconds / 1e9
-                        row[f"{name}_copy_frac"] = moved / seconds / copy_bw
-                    for name in impls:
-                        if name != "fused_norm":
-                            row[f"speedup_vs_{name}"] = times[name] / times["fused_norm"]
-                    rows.append(row)
-                    print_row(row, impls)
-                del x, w, b, dy, copy_dst, pairs
+            for shape in op_shapes:
+                for layout in op.layouts:
+                    inputs, ours, theirs = op.make(shape, layout, device, dtype)
+                    impls = {"fused_norm": ours, "torch": theirs}
+                    if compile_peer:
+                        impls["torch.compile"] = torch.compile(theirs, dynamic=False)
+                    x = inputs[0]
+                    dy = torch.randn_like(x)
+                    tensor_bytes = x.numel() * x.element_size()
+                    copy_dst = torch.empty_like(x)
+                    (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)
+                    copy_bw = 2 * tensor_bytes / copy_time
+                    # One (forward, backward) pair per implementation: each builds its graph once.
+                    pairs = [forward_and_backward(fn, inputs, dy) for fn in impls.values()]
+                    for direction, tensors in (("fwd", op.fwd_tensors), ("bwd", op.bwd_tensors)):
+                        moved = tensors * tensor_bytes
+                        fns = [pair[direction == "bwd"] for pair in pairs]
+                        times = dict(zip(impls, measure(fns, reps)))
+                        row = {
+                            "op": op_name, "dtype": str(dtype).replace("torch.", ""),
+                            "shape": shape_text(shape), "layout": layout,
+                            "direction": direction, "copy_GBps": copy_bw / 1e9,
+                        }
+                        for name, seconds in times.items():
+                            row[f"{name}_us"] = seconds * 1e6
+                            row[f"{name}_GBps"] = moved / seconds / 1e9
+                            row[f"{name}_copy_frac"] = moved / seconds / copy_bw
+                        for name in impls:
+                            if name != "fused_norm":
+                                row[f"speedup_vs_{name}"] = times[name] / times["fused_norm"]
+                        rows.append(row)
+                        print_row(row, impls)
+                    del inputs, dy, copy_dst, pairs, impls
     return rows
 
 
 def print_row(row, impls):
     peers = [name for name in impls if name != "fused_norm"]
-    cells = [f"{row['op']:<10} {row['dtype']:<8} {row['M']:>6}x{row['N']:<7} {row['direction']}"]
+    layout = " cl" if row["layout"] == "channels_last" else ""
+    cells = [f"{row['op']:<10} {row['dtype']:<8} {row['shape'] + layout:>18} {row['direction']}"]
     for name in impls:
         cells.append(
             f"{name} {row[f'{name}_us']:9.1f}us {row[f'{name}_GBps']:7.1f}GB/s "
@@ -159,7 +226,9 @@ def main(argv=None):
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="default: bfloat16 on CUDA; float32 and bfloat16 on CPU")
-    parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN",
+                        help="sizes joined by x (MxN for row norms, NxCxHxW for batch norms); "
+                             "default: each op's own list")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     parser.add_argument("--json", help="also write the results here")
@@ -169,8 +238,7 @@ def main(argv=None):
     is_cuda = device.type == "cuda"
     dtypes = [getattr(torch, d) for d in (args.dtypes or
               (["bfloat16"] if is_cuda else ["float32", "bfloat16"]))]
-    shapes = ([tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
-              if args.shapes else (CUDA_SHAPES if is_cuda else CPU_SHAPES))
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes or []]
     reps = args.reps or (50 if is_cuda else 10)
     print(f"fused_norm {fused_norm.__version__} | torch {torch.__version__} | "
           f"{torch.cuda.get_device_name(device) if is_cuda else 'CPU'} | "

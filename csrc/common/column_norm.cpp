@@ -246,13 +246,15 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   if (training) {
     check_per_channel("sum_dy", *sum_dy_in, input);
     check_per_channel("sum_dy_xmu", *sum_dy_xmu_in, input);
-    TORCH_CHECK(count > 0,
-                message("batch_norm_bwd_elemt: count must be positive, but got ", count));
   }
   c10::DeviceGuard device_guard(input.device());
   const ColumnLayout layout = ColumnLayout::of(input);
   at::Tensor dx = layout.empty(input);
   if (layout.empty_problem()) return dx;
+  // A non-empty input counts at least its own elements (more with SyncBatchNorm).
+  TORCH_CHECK(!training || count >= layout.per_channel(),
+              message("batch_norm_bwd_elemt: count must be at least the ", layout.per_channel(),
+                      " elements per channel of the input, but got ", count));
   const at::Tensor x = layout.arrange(input);
   const at::Tensor dy = layout.arrange(grad_out);
   const at::Tensor y = defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor();

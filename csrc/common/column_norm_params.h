@@ -55,7 +55,8 @@ struct ColumnNormElemtParams {
   bool relu;
 };
 
-// Backward reduction. g = dy, or dy * (y > 0) when y (the saved ReLU output) is given:
+// Backward reduction. g = dy; with y (the saved ReLU output) given, g = 0 where y <= 0 (torch's
+// threshold_backward rule: where y is NaN the gradient passes):
 //   sum_dy[c] = sum of g,  sum_dy_xmu[c] = sum of g * (x - mean[c])
 // Optionally writes g itself (the gradient of the residual of BN + add + ReLU).
 // The sums are reduced in a fixed order (deterministic, no float atomics).
