@@ -486,3 +486,56 @@ def test_mismatched_devices():
     x = torch.randn(4, 3, 5, device="cuda")
     with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
         fused_norm.batch_norm(x, torch.zeros(3), torch.ones(3))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_misaligned_views(device, layout, dtype):
+    """Tensors that start one element into their storage: no 16-byte alignment to lean on."""
+    shape = (3, 8, 5, 8)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def shifted(t):
+        flat = torch.empty(t.numel() + 1, device=device, dtype=dtype)
+        view = flat[1:].view(t.permute(0, 2, 3, 1).shape if layout == "channels_last" else t.shape)
+        view = view.permute(0, 3, 1, 2) if layout == "channels_last" else view
+        view.copy_(t)
+        assert view.data_ptr() % 16 != 0 and view.is_contiguous(memory_format=fmt)
+        return view
+
+    x = shifted(torch.randn(shape, device=device).to(dtype)).requires_grad_()
+    residual = shifted(torch.randn(shape, device=device).to(dtype))
+    w, b = make_params(8, dtype, device)
+    y = fused_norm.batch_norm_add_relu(x, residual, None, None, w, b, True)
+    y_ref, _, _ = ref_forward(x, None, None, w, b, True, residual=residual, relu=True)
+    assert_close(y, y_ref, dtype, "fwd")
+    grad_y = shifted(torch.randn(shape, device=device).to(dtype))
+    (dx,) = torch.autograd.grad(y, x, grad_y)
+    ref = ref_grads(x, w, b, grad_y, True, residual=residual, relu=True)
+    pre = ref_forward(x, None, None, w, b, True, residual=residual)[0].double()
+    clear = pre.abs() > 4 * torch.finfo(dtype).eps * (1 + pre.abs())
+    assert_close(dx * clear, (ref[0] * clear).to(dtype), dtype, "bwd")
+
+
+@requires_cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_more_than_2_pow_31_elements_cuda(layout):
+    """64-bit indexing: 2^31 + 2^24 bf16 elements (4.3 GB per tensor)."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GB of free GPU memory")
+    C, HW = 4, 2**14
+    N = (2**31 + 2**24) // (C * HW)
+    x = torch.randn(N, C, HW, 1, device="cuda", dtype=torch.bfloat16)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean, var = torch.ops.fused_norm.batch_norm_stats(x)
+    xf = x.float()
+    torch.testing.assert_close(mean, xf.mean((0, 2, 3)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(var, xf.var((0, 2, 3), unbiased=False), atol=0, rtol=1e-3)
+    del xf
+    y = torch.ops.fused_norm.batch_norm_elemt(x, mean, var, None, None, None, 1e-5, False)
+    # The last elements are the ones a 32-bit index would miss.
+    tail = (x[-1].float() - mean[:, None, None]) * torch.rsqrt(var[:, None, None] + 1e-5)
+    torch.testing.assert_close(y[-1].float(), tail, atol=2e-2, rtol=2e-2)
