@@ -29,17 +29,19 @@ def check_eps(eps):
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
 
 
-@torch.no_grad()
 def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     """torch's update: the running variance takes the unbiased batch variance. An empty batch
-    leaves the running statistics as they are (torch's kernels do the same)."""
+    leaves the running statistics as they are (torch's kernels do the same). No autograd is
+    involved: the statistics come from a detached input and the buffers need no grad."""
     if count == 0:
         return
+    unbiased = var * (count / max(count - 1, 1))
     if running_mean is not None:
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_mean.lerp_(mean if mean.dtype == running_mean.dtype
+                           else mean.to(running_mean.dtype), momentum)
     if running_var is not None:
-        unbiased = var * (count / max(count - 1, 1))
-        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+        running_var.lerp_(unbiased if unbiased.dtype == running_var.dtype
+                          else unbiased.to(running_var.dtype), momentum)
 
 
 class BatchNormFunction(torch.autograd.Function):

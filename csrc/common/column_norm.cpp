@@ -86,7 +86,9 @@ void check_like_input(const char* name, const at::Tensor& t, const at::Tensor& i
 // Statistics for the kernels: [C] contiguous in the opmath dtype (tiny copies when the running
 // statistics are kept in another dtype).
 at::Tensor stats_for_kernel(const at::Tensor& t, const at::Tensor& input) {
-  return t.reshape({-1}).to(stats_dtype(input.scalar_type())).contiguous();
+  const at::ScalarType dtype = stats_dtype(input.scalar_type());
+  if (t.dim() == 1 && t.scalar_type() == dtype && t.is_contiguous()) return t;  // the usual case
+  return t.reshape({-1}).to(dtype).contiguous();
 }
 
 DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
@@ -109,8 +111,9 @@ void check_params(const at::Tensor& input, const std::optional<at::Tensor>& weig
 }
 
 std::optional<at::Tensor> flat_or_none(const std::optional<at::Tensor>& t) {
-  if (defined(t)) return t->reshape({-1}).contiguous();
-  return std::nullopt;
+  if (!defined(t)) return std::nullopt;
+  if (t->dim() == 1 && t->is_contiguous()) return t;
+  return t->reshape({-1}).contiguous();
 }
 
 }  // namespace
