@@ -36,4 +36,16 @@ TORCH_LIBRARY(fused_norm, m) {
       "batch_norm_bwd_elemt(Tensor grad_out, Tensor input, Tensor mean, Tensor var, "
       "Tensor? weight, Tensor? relu_output, Tensor? sum_dy, Tensor? sum_dy_xmu, float eps, "
       "SymInt count) -> Tensor");
+
+  // Group norms (GroupNorm; InstanceNorm is GroupNorm with num_groups == C) on (N, C, *) input,
+  // with a fused activation: "none", "relu", "silu", "gelu", "gelu_tanh" or "mish". mean/rstd:
+  // [N, num_groups] in float32 (float64 for float64 input). The backward recomputes the
+  // activation's input from x: nothing but the statistics is saved.
+  m.def(
+      "group_norm_fwd(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps, "
+      "str activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_norm_bwd(Tensor grad_out, Tensor input, int num_groups, Tensor mean, Tensor rstd, "
+      "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask) -> (Tensor, Tensor, "
+      "Tensor)");
 }
