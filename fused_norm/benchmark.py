@@ -73,17 +73,19 @@ class BatchNorm:
             residual = torch.randn_like(x).requires_grad_()
             inputs.append(residual)
         stats = [torch.zeros(C, device=device, dtype=dtype), torch.ones(C, device=device, dtype=dtype)]
-        theirs_stats = [t.clone() for t in stats]
 
+        # Fresh running statistics per call (a copy of C values): a graph kept for the backward
+        # timing may have saved the buffers that later forward calls would update in place.
         def ours(*_):
+            running = [t.clone() for t in stats]
             if self.fused == "relu":
-                return fused_norm.batch_norm_relu(x, *stats, w, b, True)
+                return fused_norm.batch_norm_relu(x, *running, w, b, True)
             if self.fused == "add_relu":
-                return fused_norm.batch_norm_add_relu(x, residual, *stats, w, b, True)
-            return fused_norm.batch_norm(x, *stats, w, b, True)
+                return fused_norm.batch_norm_add_relu(x, residual, *running, w, b, True)
+            return fused_norm.batch_norm(x, *running, w, b, True)
 
         def theirs(*_):
-            y = F.batch_norm(x, *theirs_stats, w, b, True)
+            y = F.batch_norm(x, *[t.clone() for t in stats], w, b, True)
             if residual is not None:
                 y = y + residual
             return F.relu(y) if self.fused else y
