@@ -358,10 +358,10 @@ __global__ void __launch_bounds__(kFwdBlockMaxThreads)
 template <typename T, typename P, Activation kAct, int kVec>
 __global__ void __launch_bounds__(kLargeThreads, 2) group_norm_fwd_large_kernel(const FwdArgs<T, P> a) {
   using Acc = opmath_t<T>;
-  // Up to 4 vectors of x in flight per thread, at most 16 elements per chunk (the chunk's
-  // opmath copy lives in registers): more spills under the 64 registers of the launch bounds
-  // (measured with -Xptxas -v: 16-bit x with 32-element chunks, fp64 with 4 vectors).
-  constexpr int kUnroll = sizeof(T) == 8 ? 2 : (16 / kVec < 4 ? 16 / kVec : 4);
+  // Vectors of x in flight per thread: the chunk's opmath copy lives in registers, and more
+  // spills under the 64 registers of the launch bounds (-Xptxas -v, sm_90: 4 x 8 bf16, 4 x 4
+  // fp32 and 2 x 2 fp64 spill with the GELU epilogue).
+  constexpr int kUnroll = kVec == 1 ? 4 : (sizeof(T) == 8 ? 1 : 2);
   __shared__ BlockWelfordScratch<Acc> welford_scratch[2];
   __shared__ Welford<Acc> cluster_slot[2];
   const int64_t nvec = a.geo.L / kVec;
