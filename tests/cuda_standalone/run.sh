@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the standalone (torch-free) checks + timing on the current GPU: row norms
-# (row_norm_check) and column norms (column_norm_check).
+# (row_norm_check), column norms (column_norm_check) and group norms (group_norm_check).
 #   bash tests/cuda_standalone/run.sh [--no-check] [--no-bench] [--no-huge]
-# (--no-huge applies to the row check only). CHECKS (default "row column") picks the checks.
+# (--no-huge applies to the row check only). CHECKS (default "row column group") picks the checks.
 # ARCH (default 90) selects the target; the log goes to $OUT/row_norm_check.log when OUT is set.
 # Tuning: VARIANTS=file with lines "name|sed-expression" builds copies of row_norm.cu with the
 # expression applied (e.g. a launch-config constant changed) and times each; VARIANT_ARGS
@@ -17,7 +17,7 @@ LOG=/dev/null
 if [[ -n "${OUT:-}" ]]; then LOG="$OUT/row_norm_check.log"; fi
 GENCODE="-gencode arch=compute_${ARCH},code=sm_${ARCH}"
 
-CHECKS=${CHECKS:-row column}
+CHECKS=${CHECKS:-row column group}
 
 build() {  # build <kernel source.cu> <binary> [check source.cu]
   local obj="$2.o"
@@ -35,6 +35,7 @@ spills() {  # spills <ptxas log>: kernels with a stack frame or spills
   pids=()
   [[ " $CHECKS " == *" row "* ]] && { build csrc/cuda/row_norm.cu "$BUILD/row_norm_check" & pids+=($!); }
   [[ " $CHECKS " == *" column "* ]] && { build csrc/cuda/column_norm.cu "$BUILD/column_norm_check" tests/cuda_standalone/column_norm_check.cu & pids+=($!); }
+  [[ " $CHECKS " == *" group "* ]] && { build csrc/cuda/group_norm.cu "$BUILD/group_norm_check" tests/cuda_standalone/group_norm_check.cu & pids+=($!); }
   names=()
   if [[ -n "${VARIANTS:-}" ]]; then
     while IFS='|' read -r name expr; do
@@ -58,6 +59,13 @@ spills() {  # spills <ptxas log>: kernels with a stack frame or spills
     col_args=()
     for a in "$@"; do [[ "$a" != --no-huge ]] && col_args+=("$a"); done
     OMP_WAIT_POLICY=PASSIVE "$BUILD/column_norm_check" ${col_args[@]+"${col_args[@]}"} || status=$?
+  fi
+  if [[ " $CHECKS " == *" group "* ]]; then
+    echo "== ptxas: kernels with stack or spills (group_norm.cu)"
+    spills "$BUILD/group_norm_check.ptxas.txt"
+    group_args=()
+    for a in "$@"; do [[ "$a" != --no-huge ]] && group_args+=("$a"); done
+    OMP_WAIT_POLICY=PASSIVE "$BUILD/group_norm_check" ${group_args[@]+"${group_args[@]}"} || status=$?
   fi
   for name in "${names[@]}"; do
     echo "== variant $name"
