@@ -78,9 +78,18 @@ DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& w
 }
 
 // Outputs keep the input's memory format (channels_last stays channels_last); the kernels work
-// on the contiguous [N, C, HW] form.
+// on the contiguous [N, C, HW] form. A tensor that is both contiguous and channels-last (C == 1
+// or a single spatial element) counts as contiguous, as in fused_norm/_ops.py's fakes.
 at::Tensor in_format_of(const at::Tensor& result, const at::Tensor& input) {
-  return result.contiguous(input.suggest_memory_format());
+  if (!input.is_contiguous()) {
+    if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      return result.contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) {
+      return result.contiguous(at::MemoryFormat::ChannelsLast3d);
+    }
+  }
+  return result;
 }
 
 }  // namespace

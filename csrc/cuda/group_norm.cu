@@ -249,22 +249,6 @@ __device__ __forceinline__ RowSlice row_slice(int64_t nvec) {
   return s;
 }
 
-// Shared memory of slice_sum: two alternating buffers (see block_sum / cluster_sum).
-template <int kK, typename T>
-struct SliceSumScratch {
-  BlockSumScratch<kK, T> block[2];
-  T cluster_slot[2][kK];
-};
-
-// Sum over the threads of a block, then over the blocks of its cluster; all get the result.
-template <int kK, typename T>
-__device__ __forceinline__ void slice_sum(T (&v)[kK], SliceSumScratch<kK, T>& scratch, int& phase,
-                                          bool cluster) {
-  block_sum<kK>(v, scratch.block[phase]);
-  if (cluster) cluster_sum<kK>(v, scratch.cluster_slot[phase]);
-  phase ^= 1;
-}
-
 // Scalar math: y = act((x - mean) * (rstd * w[c]) + b[c]) for one vector of row `row` starting
 // at element j (all of it in channel c since HW % kVec == 0). Subtracting the mean first keeps
 // inputs with a large offset exact, where x * scale + shift would cancel.

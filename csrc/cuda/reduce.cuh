@@ -92,6 +92,24 @@ __device__ __forceinline__ void cluster_sum(T (&v)[kK], T* slot) {
 #endif
 }
 
+// Shared memory of slice_sum: two alternating buffers (see block_sum / cluster_sum).
+template <int kK, typename T>
+struct SliceSumScratch {
+  BlockSumScratch<kK, T> block[2];
+  T cluster_slot[2][kK];
+};
+
+// Sum over the threads of a block, then over the blocks of its cluster when `cluster` (a row or
+// group split over a thread-block cluster); all threads get the result. `phase` alternates the
+// buffers between consecutive calls.
+template <int kK, typename T>
+__device__ __forceinline__ void slice_sum(T (&v)[kK], SliceSumScratch<kK, T>& scratch, int& phase,
+                                          bool cluster) {
+  block_sum<kK>(v, scratch.block[phase]);
+  if (cluster) cluster_sum<kK>(v, scratch.cluster_slot[phase]);
+  phase ^= 1;
+}
+
 __device__ __forceinline__ void cluster_sync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cooperative_groups::this_cluster().sync();

@@ -239,23 +239,14 @@ __device__ __forceinline__ Segment make_segment(int64_t nvec) {
   return s;
 }
 
-// Shared memory of row_sum: two alternating buffers (see block_sum / cluster_sum).
-template <int kK, typename T>
-struct RowSumScratch {
-  BlockSumScratch<kK, T> block[2];
-  T cluster_slot[2][kK];
-};
-
 // Sum over the threads that share a row (warp, block or cluster); all of them get the result.
 template <bool kWarpRow, int kK, typename T>
-__device__ __forceinline__ void row_sum(T (&v)[kK], RowSumScratch<kK, T>& scratch, int& phase,
+__device__ __forceinline__ void row_sum(T (&v)[kK], SliceSumScratch<kK, T>& scratch, int& phase,
                                         bool cluster) {
   if constexpr (kWarpRow) {
     warp_sum<kK>(v);
   } else {
-    block_sum<kK>(v, scratch.block[phase]);
-    if (cluster) cluster_sum<kK>(v, scratch.cluster_slot[phase]);
-    phase ^= 1;
+    slice_sum<kK>(v, scratch, phase, cluster);
   }
 }
 
@@ -269,7 +260,7 @@ template <typename T, typename P, bool kRms, int kVec, int kIters, bool kWarpRow
 __global__ void __maxnreg__(sizeof(T) == 8 ? 128 : kFwdRegsMaxRegs)
     row_norm_fwd_regs_kernel(const FwdArgs<T, P> a) {
   using Acc = opmath_t<T>;
-  __shared__ RowSumScratch<1, Acc> scratch;
+  __shared__ SliceSumScratch<1, Acc> scratch;
   const int64_t nvec = a.N / kVec;
   const Segment s = make_segment<kWarpRow>(nvec);
   const bool writes_stats = s.lane == 0 && (kWarpRow || cluster_block_rank() == 0);
@@ -483,7 +474,7 @@ __global__ void __launch_bounds__(kWarpRow ? kWarpRowThreads : kBwdBlockMaxThrea
     row_norm_bwd_regs_kernel(const BwdArgs<T, P> a) {
   using Acc = opmath_t<T>;
   constexpr int kDbIters = kRms ? 1 : kIters;  // RMSNorm has no dbias accumulators
-  __shared__ RowSumScratch<2, Acc> scratch;
+  __shared__ SliceSumScratch<2, Acc> scratch;
   const int64_t nvec = a.N / kVec;
   const Segment s = make_segment<kWarpRow>(nvec);
   const Acc inv_n = Acc(1) / Acc(a.N);
