@@ -7,6 +7,7 @@
 // entry points at the bottom are defined (not inline) in each capability's namespace.
 #pragma once
 
+#include "activation.h"
 #include "column_reduce.h"
 #include "kernel_utils.h"
 
@@ -89,34 +90,12 @@ C10_ALWAYS_INLINE void column_elementwise(
   });
 }
 
-// The [C] weight or bias in opmath, or `absent` for each channel when the pointer is null.
-template <typename acc_t>
-std::vector<acc_t> params_or(const void* params, DType dtype, int64_t C, acc_t absent) {
-  return params ? params_to_acc<acc_t>(params, dtype, C) : std::vector<acc_t>(C, absent);
-}
-
 template <typename acc_t>
 std::vector<acc_t> invstd_of(const void* var, int64_t C, double eps) {
   const acc_t* v = static_cast<const acc_t*>(var);
   std::vector<acc_t> invstd(C);
   for (int64_t c = 0; c < C; ++c) invstd[c] = static_cast<acc_t>(1.0 / std::sqrt(v[c] + eps));
   return invstd;
-}
-
-// ReLU that keeps NaN, as torch's does: the compare is false for NaN.
-template <typename acc_t>
-C10_ALWAYS_INLINE Vectorized<acc_t> relu_keep_nan(const Vectorized<acc_t>& v) {
-  const Vectorized<acc_t> zero(0);
-  return Vectorized<acc_t>::blendv(v, zero, v < zero);
-}
-
-// The gradient through the ReLU as torch's threshold_backward forms it: dy, zeroed where the
-// output is <= 0 (a NaN output lets dy through).
-template <typename acc_t>
-C10_ALWAYS_INLINE Vectorized<acc_t> relu_grad(const Vectorized<acc_t>& dy,
-                                              const Vectorized<acc_t>& y) {
-  const Vectorized<acc_t> zero(0);
-  return Vectorized<acc_t>::blendv(dy, zero, y <= zero);
 }
 
 template <typename T>

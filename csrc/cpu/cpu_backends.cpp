@@ -1,5 +1,5 @@
 // CPU implementations of the norm ops: the kernels of the best capability this CPU has, behind
-// the shared torch-facing code of csrc/common/row_norm.h and csrc/common/column_norm.h.
+// the shared torch-facing code of csrc/common/row_norm.h, column_norm.h and group_norm.h.
 #include <cstdlib>
 #include <string>
 
@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include "../common/column_norm.h"
+#include "../common/group_norm.h"
 #include "../common/row_norm.h"
 
 namespace fused_norm {
@@ -24,6 +25,9 @@ void column_norm_elemt(const ColumnNormElemtParams& p);
 void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
 void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
 size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+void group_norm_fwd(const GroupNormFwdParams& p);
+void group_norm_bwd(const GroupNormBwdParams& p);
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
 }  // namespace DEFAULT
 #if defined(__x86_64__) && defined(__GNUC__)
 namespace AVX2 {
@@ -35,6 +39,9 @@ void column_norm_elemt(const ColumnNormElemtParams& p);
 void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
 void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
 size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+void group_norm_fwd(const GroupNormFwdParams& p);
+void group_norm_bwd(const GroupNormBwdParams& p);
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
 }  // namespace AVX2
 namespace AVX512 {
 void row_norm_fwd(const RowNormFwdParams& p);
@@ -45,6 +52,9 @@ void column_norm_elemt(const ColumnNormElemtParams& p);
 void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
 void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
 size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+void group_norm_fwd(const GroupNormFwdParams& p);
+void group_norm_bwd(const GroupNormBwdParams& p);
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
 }  // namespace AVX512
 #endif
 
@@ -121,12 +131,34 @@ const ColumnNormBackend& column_norm_backend() {
   return backend;
 }
 
+GroupNormBackend make_group_norm_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::group_norm_fwd, AVX512::group_norm_bwd,
+              AVX512::group_norm_bwd_workspace_bytes, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::group_norm_fwd, AVX2::group_norm_bwd, AVX2::group_norm_bwd_workspace_bytes,
+              cpu_threads};
+#endif
+    default:
+      return {DEFAULT::group_norm_fwd, DEFAULT::group_norm_bwd,
+              DEFAULT::group_norm_bwd_workspace_bytes, cpu_threads};
+  }
+}
+
+const GroupNormBackend& group_norm_backend() {
+  static const GroupNormBackend backend = make_group_norm_backend();
+  return backend;
+}
+
 }  // namespace
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_row_norm_kernels<cpu::row_norm_backend>(m);
   register_column_norm_kernels<cpu::column_norm_backend>(m);
+  register_group_norm_kernels<cpu::group_norm_backend>(m);
 }
 
 }  // namespace fused_norm

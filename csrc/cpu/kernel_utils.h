@@ -102,6 +102,12 @@ std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
   return out;
 }
 
+// The [C] weight or bias in opmath, or `absent` for each channel when the pointer is null.
+template <typename acc_t>
+std::vector<acc_t> params_or(const void* params, DType dtype, int64_t C, acc_t absent) {
+  return params ? params_to_acc<acc_t>(params, dtype, C) : std::vector<acc_t>(C, absent);
+}
+
 template <typename acc_t>
 void acc_to_params(const acc_t* values, void* params, DType dtype, int64_t N) {
   auto convert = [&](auto* typed) {

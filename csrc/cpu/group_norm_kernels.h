@@ -1,0 +1,349 @@
+// CPU group-norm kernels (GroupNorm, InstanceNorm) with a fused activation, written once against
+// at::vec::Vectorized and compiled once per CPU capability, like row_norm_kernels.h (the includer
+// defines CPU_CAPABILITY).
+//
+// Group g of sample n is row n * G + g of the row engine: L = (C / G) * HW contiguous elements,
+// its statistics the row norms' (row_sums, shifted). The affine epilogue and the backward walk a
+// row channel by channel: each channel is a run of HW elements with one scale and bias, vectorized
+// along the run with a masked final chunk, so that the activation has only a vector form.
+//
+// Contract (csrc/common/group_norm_params.h): N * C * HW > 0 and all arrays contiguous. The three
+// entry points at the bottom are defined (not inline) in each capability's namespace.
+#pragma once
+
+#include "activation.h"
+#include "column_reduce.h"
+#include "kernel_utils.h"
+#include "row_norm_kernels.h"  // row_sums, row_grain
+
+#include "../common/group_norm_params.h"
+
+namespace fused_norm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+// Rows (n, g) are the unit of work. With fewer rows than threads (a batch of one, G == 1), each
+// row is cut into `splits` pieces of whole channels, each of at least kMinPieceElements elements
+// (column_reduce.h): the statistics are then summed per piece and combined in piece order, and the
+// backward's per-channel sums are per piece anyway.
+inline int64_t group_norm_splits(int64_t rows, int64_t D, int64_t L, int parallelism) {
+  const int64_t threads = std::max(1, parallelism);
+  if (rows >= threads) return 1;
+  return std::max<int64_t>(
+      1, std::min({(threads + rows - 1) / rows, D, L / kMinPieceElements}));
+}
+
+// Calls f(i, count) for each chunk of a run of `len` elements: count is Chunk<T>::Full for the
+// whole chunks, then the element count of the final partial chunk, if any.
+template <typename C, typename F>
+C10_ALWAYS_INLINE void for_each_chunk(int64_t len, F&& f) {
+  int64_t i = 0;
+  for (; i + C::kSize <= len; i += C::kSize) f(i, typename C::Full());
+  if (i < len) f(i, len - i);
+}
+
+// Two sums over a run of `len` elements, add_chunk(i, count, s1, s2) adding each chunk (count as
+// in for_each_chunk) into two vector sums: row_sums over the whole chunks (chains, double
+// flushes), plus the masked final chunk.
+template <typename C, typename ChunkF>
+C10_ALWAYS_INLINE std::pair<double, double> run_sums(int64_t len, ChunkF&& add_chunk) {
+  using AccVec = typename C::AccVec;
+  const int64_t len_vec = len - len % C::kSize;
+  auto [sum1, sum2] = row_sums<C>(
+      len_vec,
+      [&](int64_t i, AccVec& s1, AccVec& s2) { add_chunk(i, typename C::Full(), s1, s2); },
+      // len_vec is a whole number of chunks: row_sums has no single elements left to add.
+      [](int64_t, double&, double&) {});
+  if (len_vec < len) {
+    AccVec tail1[1] = {AccVec(0)}, tail2[1] = {AccVec(0)};
+    add_chunk(len_vec, len - len_vec, tail1[0], tail2[0]);
+    sum1 += horizontal_sum(tail1);
+    sum2 += horizontal_sum(tail2);
+  }
+  return {sum1, sum2};
+}
+
+template <typename T, Activation kAct>
+void group_norm_fwd_typed(const GroupNormFwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Act = ActivationMath<kAct>;
+  const int64_t G = p.G, HW = p.HW, D = p.C / p.G, L = D * HW, rows = p.N * G;
+  const T* x = static_cast<const T*>(p.x);  // [rows, L]
+  T* y = static_cast<T*>(p.y);              // [rows, L]
+  acc_t* mean_out = static_cast<acc_t*>(p.mean);  // [rows]
+  acc_t* rstd_out = static_cast<acc_t*>(p.rstd);  // [rows]
+  const std::vector<acc_t> weight = params_or<acc_t>(p.weight, p.param_dtype, p.C, 1);
+  const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, p.C, 0);
+  const int64_t splits = group_norm_splits(rows, D, L, p.parallelism);
+  auto channel_begin = [&](int64_t piece) { return D * piece / splits; };
+
+  // Sums of (x - shift) and its square over channels [c_begin, c_end) of the row (shift: the row's
+  // first element, near the mean, so that the variance keeps its precision far from zero).
+  auto shifted_sums = [&](int64_t row, int64_t c_begin, int64_t c_end) {
+    const T* xr = x + row * L + c_begin * HW;
+    const acc_t shift = static_cast<acc_t>(x[row * L]);
+    const AccVec shift_vec(shift);
+    return row_sums<C>(
+        (c_end - c_begin) * HW,
+        [&](int64_t i, AccVec& sum, AccVec& sumsq) {
+          AccVec v[C::kParts];
+          C::load(xr + i, v);
+          for (int k = 0; k < C::kParts; ++k) {
+            const AccVec d = v[k] - shift_vec;
+            sum = sum + d;
+            sumsq = at::vec::fmadd(d, d, sumsq);
+          }
+        },
+        [&](int64_t i, double& sum, double& sumsq) {
+          const acc_t d = static_cast<acc_t>(xr[i]) - shift;
+          sum += d;
+          sumsq += d * d;
+        });
+  };
+  auto stats_of = [&](int64_t row, double sum_d, double sumsq_d) {
+    const double shifted_mean = sum_d / L;
+    const double var = std::max(sumsq_d / L - shifted_mean * shifted_mean, 0.0);
+    const acc_t mean = static_cast<acc_t>(static_cast<acc_t>(x[row * L]) + shifted_mean);
+    return std::pair<acc_t, acc_t>(mean, static_cast<acc_t>(1.0 / std::sqrt(var + p.eps)));
+  };
+  // Scalar math: y = act((x - mean) * scale + b[c]),  scale = rstd * w[c]
+  auto normalize = [&](int64_t row, int64_t c_begin, int64_t c_end, acc_t mean, acc_t rstd) {
+    const AccVec mean_vec(mean);
+    for (int64_t cl = c_begin; cl < c_end; ++cl) {
+      const int64_t c = (row % G) * D + cl;
+      const AccVec scale(rstd * weight[c]), shift(bias[c]);
+      const T* xc = x + row * L + cl * HW;
+      T* yc = y + row * L + cl * HW;
+      for_each_chunk<C>(HW, [&](int64_t i, auto count) {
+        AccVec v[C::kParts];
+        C::load(xc + i, v, count);
+        for (int k = 0; k < C::kParts; ++k) {
+          v[k] = Act::fwd(at::vec::fmadd(v[k] - mean_vec, scale, shift));
+        }
+        C::store(yc + i, v, count);
+      });
+    }
+  };
+
+  if (splits == 1) {
+    // The row is normalized right after its statistics, while it is still in cache.
+    at::parallel_for(0, rows, row_grain(L), [&](int64_t row_begin, int64_t row_end) {
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const auto [sum_d, sumsq_d] = shifted_sums(row, 0, D);
+        const auto [mean, rstd] = stats_of(row, sum_d, sumsq_d);
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+        normalize(row, 0, D, mean, rstd);
+      }
+    });
+    return;
+  }
+  std::vector<std::pair<double, double>> piece_sums(rows * splits);
+  at::parallel_for(0, rows * splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t piece = begin; piece < end; ++piece) {
+      const int64_t row = piece / splits, s = piece % splits;
+      piece_sums[piece] = shifted_sums(row, channel_begin(s), channel_begin(s + 1));
+    }
+  });
+  at::parallel_for(0, rows * splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t piece = begin; piece < end; ++piece) {
+      const int64_t row = piece / splits, s = piece % splits;
+      double sum_d = 0, sumsq_d = 0;
+      for (int64_t t = 0; t < splits; ++t) {
+        sum_d += piece_sums[row * splits + t].first;
+        sumsq_d += piece_sums[row * splits + t].second;
+      }
+      const auto [mean, rstd] = stats_of(row, sum_d, sumsq_d);
+      if (s == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+      }
+      normalize(row, channel_begin(s), channel_begin(s + 1), mean, rstd);
+    }
+  });
+}
+
+// dz of the activations that cost transcendental functions is kept between the backward's two
+// walks of a row (in opmath, padded by a chunk) when the row fits this budget, instead of being
+// recomputed: about half of L2.
+constexpr int64_t kDzCacheBytes = 512 << 10;
+
+// The per-(n, c) sums of the backward, an [N, 2C] array whose row n holds sum_hw dz * xhat for
+// each channel, then sum_hw dz: the dweight/dbias totals are its column sums (column_reduce.h).
+inline ColumnShape channel_sums_shape(const GroupNormBwdParams& p) { return {p.N, 2 * p.C, 1}; }
+
+template <typename T, Activation kAct>
+void group_norm_bwd_typed(const GroupNormBwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Act = ActivationMath<kAct>;
+  const int64_t G = p.G, HW = p.HW, D = p.C / p.G, L = D * HW, rows = p.N * G;
+  const T* x = static_cast<const T*>(p.x);    // [rows, L]
+  const T* dy = static_cast<const T*>(p.dy);  // [rows, L]
+  T* dx = static_cast<T*>(p.dx);              // [rows, L] or nullptr
+  const acc_t* mean_in = static_cast<const acc_t*>(p.mean);  // [rows]
+  const acc_t* rstd_in = static_cast<const acc_t*>(p.rstd);  // [rows]
+  acc_t* channel_sums = static_cast<acc_t*>(p.workspace);    // [N, 2C]
+  const std::vector<acc_t> weight = params_or<acc_t>(p.weight, p.param_dtype, p.C, 1);
+  const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, p.C, 0);
+  const int64_t splits = group_norm_splits(rows, D, L, p.parallelism);
+  auto channel_begin = [&](int64_t piece) { return D * piece / splits; };
+  constexpr bool kTranscendental = kAct != Activation::kNone && kAct != Activation::kRelu;
+  const bool cache_dz =
+      kTranscendental && dx && splits == 1 && (L + C::kSize) * sizeof(acc_t) <= kDzCacheBytes;
+
+  // z of one chunk, recomputed from x: (x - mean) * scale + b[c], xmu = x - mean.
+  auto z_of = [](const AccVec& xmu, const AccVec& scale, const AccVec& shift) {
+    return at::vec::fmadd(xmu, scale, shift);
+  };
+  // Walk 1 over channels [c_begin, c_end) of the row. Scalar math: dz = dy * act'(z);
+  // channel_sums[n, c] = sum_hw dz * xhat, channel_sums[n, C + c] = sum_hw dz;
+  // dz_cache (when given) gets dz at the element's offset from channel c_begin.
+  auto channel_walk = [&](int64_t row, int64_t c_begin, int64_t c_end, acc_t* dz_cache) {
+    const int64_t n = row / G;
+    const acc_t mean = mean_in[row], rstd = rstd_in[row];
+    const AccVec mean_vec(mean);
+    for (int64_t cl = c_begin; cl < c_end; ++cl) {
+      const int64_t c = (row % G) * D + cl;
+      const AccVec scale(rstd * weight[c]), shift(bias[c]);
+      const T* xc = x + row * L + cl * HW;
+      const T* dyc = dy + row * L + cl * HW;
+      acc_t* dz_c = dz_cache ? dz_cache + (cl - c_begin) * HW : nullptr;
+      const auto [dz_xmu_sum, dz_sum] =
+          run_sums<C>(HW, [&](int64_t i, auto count, AccVec& dz_xmu_acc, AccVec& dz_acc) {
+            AccVec xv[C::kParts], dz[C::kParts];
+            C::load(xc + i, xv, count);
+            C::load(dyc + i, dz, count);
+            for (int k = 0; k < C::kParts; ++k) {
+              xv[k] = xv[k] - mean_vec;
+              dz[k] = Act::grad(z_of(xv[k], scale, shift), dz[k]);
+            }
+            // The lanes past a partial chunk load dy = 0, but act'(z) of their made-up z need
+            // not be finite.
+            C::zero_tail(dz, count);
+            for (int k = 0; k < C::kParts; ++k) {
+              if (dz_c) dz[k].store(dz_c + i + k * AccVec::size());
+              dz_xmu_acc = at::vec::fmadd(dz[k], xv[k], dz_xmu_acc);
+              dz_acc = dz_acc + dz[k];
+            }
+          });
+      channel_sums[n * 2 * p.C + c] = static_cast<acc_t>(dz_xmu_sum * rstd);
+      channel_sums[n * 2 * p.C + p.C + c] = static_cast<acc_t>(dz_sum);
+    }
+  };
+  // Walk 2 over channels [c_begin, c_end) of the row. Scalar math, with the group means
+  // m1 = mean(w * dz), m2 = mean(w * dz * xhat) from the channel sums:
+  // dx = rstd * (w[c] * dz - m1 - xhat * m2) = dz * (rstd * w[c]) + xmu * (-rstd^2 * m2) - rstd * m1
+  auto dx_walk = [&](int64_t row, int64_t c_begin, int64_t c_end, const acc_t* dz_cache) {
+    const int64_t n = row / G, g = row % G;
+    const acc_t mean = mean_in[row], rstd = rstd_in[row];
+    double w_dz_xhat_sum = 0, w_dz_sum = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      w_dz_xhat_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + c];
+      w_dz_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + p.C + c];
+    }
+    const AccVec mean_vec(mean);
+    const AccVec xmu_coef(static_cast<acc_t>(-static_cast<double>(rstd) * rstd * w_dz_xhat_sum / L));
+    const AccVec dx_shift(static_cast<acc_t>(-static_cast<double>(rstd) * w_dz_sum / L));
+    for (int64_t cl = c_begin; cl < c_end; ++cl) {
+      const int64_t c = g * D + cl;
+      const AccVec scale(rstd * weight[c]), shift(bias[c]);
+      const T* xc = x + row * L + cl * HW;
+      const T* dyc = dy + row * L + cl * HW;
+      T* dxc = dx + row * L + cl * HW;
+      const acc_t* dz_c = dz_cache ? dz_cache + (cl - c_begin) * HW : nullptr;
+      for_each_chunk<C>(HW, [&](int64_t i, auto count) {
+        AccVec xv[C::kParts], dz[C::kParts];
+        C::load(xc + i, xv, count);
+        if (dz_c) {
+          for (int k = 0; k < C::kParts; ++k) dz[k] = AccVec::loadu(dz_c + i + k * AccVec::size());
+        } else {
+          C::load(dyc + i, dz, count);
+        }
+        for (int k = 0; k < C::kParts; ++k) {
+          xv[k] = xv[k] - mean_vec;
+          if (!dz_c) dz[k] = Act::grad(z_of(xv[k], scale, shift), dz[k]);
+          xv[k] = at::vec::fmadd(dz[k], scale, at::vec::fmadd(xv[k], xmu_coef, dx_shift));
+        }
+        C::store(dxc + i, xv, count);
+      });
+    }
+  };
+
+  if (splits == 1) {
+    // Both walks of a row back to back, the second reading the row from cache.
+    at::parallel_for(0, rows, row_grain(L), [&](int64_t row_begin, int64_t row_end) {
+      std::vector<acc_t> dz_cache(cache_dz ? L + C::kSize : 0);
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        channel_walk(row, 0, D, cache_dz ? dz_cache.data() : nullptr);
+        if (dx) dx_walk(row, 0, D, cache_dz ? dz_cache.data() : nullptr);
+      }
+    });
+  } else {
+    // Each walk over all pieces: the second needs the whole row's channel sums.
+    at::parallel_for(0, rows * splits, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t piece = begin; piece < end; ++piece) {
+        const int64_t s = piece % splits;
+        channel_walk(piece / splits, channel_begin(s), channel_begin(s + 1), nullptr);
+      }
+    });
+    if (dx) {
+      at::parallel_for(0, rows * splits, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t piece = begin; piece < end; ++piece) {
+          const int64_t s = piece % splits;
+          dx_walk(piece / splits, channel_begin(s), channel_begin(s + 1), nullptr);
+        }
+      });
+    }
+  }
+
+  if (!p.dweight && !p.dbias) return;
+  // Sums over the batch of the [N, 2C] channel sums, in a fixed order (deterministic).
+  std::vector<acc_t> totals(2 * p.C);
+  column_reduce<SumAcc, acc_t>(
+      channel_sums_shape(p), p.parallelism, channel_sums + p.N * 2 * p.C, nullptr,
+      [&](int64_t i, auto count, const AccVec (&)[1], AccVec (&sum)[1], AccVec (&)[1]) {
+        AccVec partial[1];
+        Chunk<acc_t>::load(channel_sums + i, partial, count);
+        sum[0] = sum[0] + partial[0];
+      },
+      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
+  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, p.C);
+  if (p.dbias) acc_to_params(totals.data() + p.C, p.dbias, p.param_dtype, p.C);
+}
+
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
+  // The channel sums, then (for dweight/dbias) the partial states of their column reduction
+  // (2C values per sample keep those doubles 8-byte aligned).
+  auto bytes = [&](auto acc_tag) {
+    using acc_t = decltype(acc_tag);
+    const size_t sums = static_cast<size_t>(p.N) * 2 * p.C * sizeof(acc_t);
+    if (!p.dweight && !p.dbias) return sums;
+    return sums +
+           column_reduce_bytes<acc_t, SumAcc::State>(channel_sums_shape(p), p.parallelism);
+  };
+  return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
+}
+
+void group_norm_fwd(const GroupNormFwdParams& p) {
+  dispatch_x_dtype(p.x_dtype, [&](auto tag) {
+    dispatch_activation(p.act, [&](auto act) {
+      group_norm_fwd_typed<decltype(tag), decltype(act)::value>(p);
+    });
+  });
+}
+
+void group_norm_bwd(const GroupNormBwdParams& p) {
+  dispatch_x_dtype(p.x_dtype, [&](auto tag) {
+    dispatch_activation(p.act, [&](auto act) {
+      group_norm_bwd_typed<decltype(tag), decltype(act)::value>(p);
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fused_norm
