@@ -16,7 +16,7 @@ except ImportError as error:
         "with `pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__}). Cause: {error}"
     ) from error
-from .reference import row_norm_bwd_ref, stats_dtype
+from .reference import ACTIVATIONS, row_norm_bwd_ref, stats_dtype
 
 ops = torch.ops.fused_norm
 
@@ -112,6 +112,38 @@ def _batch_norm_bwd_elemt_fake(grad_out, input, mean, var, weight, relu_output, 
     return _column_layout_empty(input)
 
 
+def _group_norm_layout_empty(input):
+    """An empty tensor like `input` in the memory format the group-norm ops give their outputs
+    (csrc/common/group_norm.cpp, in_format_of): channels_last and channels_last_3d inputs keep
+    it, anything else comes back contiguous."""
+    if not input.is_contiguous():
+        for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+            if input.dim() == dim and input.is_contiguous(memory_format=fmt):
+                return torch.empty_like(input, memory_format=fmt)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_norm::group_norm_fwd")
+def _group_norm_fwd_fake(input, num_groups, weight, bias, eps, activation):
+    stats = stats_dtype(input.dtype)
+    N = input.shape[0]
+    return (
+        _group_norm_layout_empty(input),
+        input.new_empty((N, num_groups), dtype=stats),
+        input.new_empty((N, num_groups), dtype=stats),
+    )
+
+
+@torch.library.register_fake("fused_norm::group_norm_bwd")
+def _group_norm_bwd_fake(grad_out, input, num_groups, mean, rstd, weight, bias, activation,
+                         output_mask):
+    return (
+        _group_norm_layout_empty(input) if output_mask[0] else _unwanted(input),
+        _param_grad_fake(output_mask[1], weight, input),
+        _param_grad_fake(output_mask[2], bias, input),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd. The forward ops' autograd is C++ (csrc/common/row_norm_autograd.cpp: it calls the
 # backward op); the backward ops' own backward (double backward) is here and differentiates the
@@ -197,6 +229,94 @@ torch.library.register_autograd(
 )
 
 
+# GroupNorm: the forward op's backward calls the backward op; the backward op's own backward
+# (double backward) differentiates the vector-Jacobian product of the reference forward.
+
+
+def _group_norm_fwd_setup(ctx, inputs, output):
+    input, num_groups, weight, bias, eps, activation = inputs
+    _, mean, rstd = output
+    ctx.num_groups, ctx.activation = num_groups, activation
+    ctx.save_for_backward(input, mean, rstd, weight, bias)
+
+
+def _group_norm_fwd_backward(ctx, grad_y, grad_mean, grad_rstd):
+    input, mean, rstd, weight, bias = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
+    dx, dweight, dbias = ops.group_norm_bwd(grad_y, input, ctx.num_groups, mean, rstd, weight,
+                                            bias, ctx.activation, mask)
+    return (dx if mask[0] else None, None, dweight if mask[1] else None,
+            dbias if mask[2] else None, None, None)
+
+
+def _group_norm_bwd_setup(ctx, inputs, output):
+    grad_out, input, num_groups, mean, rstd, weight, bias, activation, output_mask = inputs
+    ctx.num_groups, ctx.activation = num_groups, activation
+    ctx.output_mask = [output_mask[0], output_mask[1] and weight is not None,
+                       output_mask[2] and bias is not None]
+    ctx.save_for_backward(grad_out, input, mean, rstd, weight, bias)
+
+
+def _group_norm_with_stats(x, num_groups, mean, rstd, weight, bias, activation):
+    """act(GroupNorm(x)) with the given [N, G] statistics, in plain torch (differentiable)."""
+    dtype = stats_dtype(x.dtype)
+    N, C = x.shape[:2]
+    groups = x.to(dtype).reshape(N, num_groups, -1)
+    z = ((groups - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+    shape = [1, C] + [1] * (x.dim() - 2)
+    if weight is not None:
+        z = z * weight.to(dtype).reshape(shape)
+    if bias is not None:
+        z = z + bias.to(dtype).reshape(shape)
+    return ACTIVATIONS[activation](z)
+
+
+def _group_norm_bwd_backward(ctx, grad_dx, grad_dweight, grad_dbias):
+    """Gradients of (dx, dweight, dbias) w.r.t. (grad_out, input, weight, bias). The backward op
+    is the vector-Jacobian product of the forward, so its derivatives are those of the same
+    product taken on the differentiable reference, with the saved statistics rebuilt as
+    functions of the input (_differentiable_stats: same values, the statistics' derivatives)."""
+    grad_out, input, mean, rstd, weight, bias = ctx.saved_tensors
+    grads = [g if wanted else None
+             for g, wanted in zip((grad_dx, grad_dweight, grad_dbias), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        dy, x, w, b = [t.detach().requires_grad_() if t is not None else None
+                       for t in (grad_out, input, weight, bias)]
+        rows = x.reshape(mean.numel(), -1).to(stats_dtype(x.dtype))
+        mean_d, rstd_d = _differentiable_stats(rows, mean.reshape(-1), rstd.reshape(-1), False)
+        y = _group_norm_with_stats(x, ctx.num_groups, mean_d.reshape(mean.shape),
+                                   rstd_d.reshape(rstd.shape), w, b, ctx.activation)
+        operands = [x, w, b]
+        wanted = [t is not None and g is not None for t, g in zip(operands, grads)]
+        firsts = torch.autograd.grad(y, [t for t, keep in zip(operands, wanted) if keep],
+                                     dy.to(y.dtype), create_graph=True, allow_unused=True)
+        pairs = [(f, g.to(f.dtype)) for f, g in zip(firsts, [g for g, keep in zip(grads, wanted)
+                                                              if keep]) if f is not None]
+        leaves = [t for t in (dy, x, w, b) if t is not None]
+        if not pairs:
+            result = [None] * len(leaves)
+        else:
+            result = list(torch.autograd.grad([f for f, _ in pairs], leaves,
+                                              [g for _, g in pairs], create_graph=create_graph,
+                                              allow_unused=True))
+    it = iter(result)
+    g_dy, g_x = next(it), next(it)
+    g_w = next(it) if weight is not None else None
+    g_b = next(it) if bias is not None else None
+    cast = [None if g is None else g.to(t.dtype) for g, t in ((g_dy, grad_out), (g_x, input),
+                                                              (g_w, weight), (g_b, bias))]
+    return cast[0], cast[1], None, None, None, cast[2], cast[3], None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::group_norm_fwd", _group_norm_fwd_backward, setup_context=_group_norm_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::group_norm_bwd", _group_norm_bwd_backward, setup_context=_group_norm_bwd_setup
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
 # from torch 2.13, rms_norm) in float32; under CPU autocast it leaves both in the input dtype.
@@ -206,7 +326,8 @@ def _torch_autocasts(aten_op, dispatch_key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(aten_op, dispatch_key)
 
 
-for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm")):
+for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm"),
+                       ("group_norm_fwd", "aten::group_norm")):
     for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
         if _torch_autocasts(_theirs, _key):
             torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)

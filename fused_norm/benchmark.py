@@ -93,6 +93,33 @@ class BatchNorm:
         return inputs, ours, theirs
 
 
+class GroupNorm:
+    """Training GroupNorm (32 groups; optionally + SiLU) or InstanceNorm of an (N, C, H, W)
+    tensor. Bytes: forward reads x and writes y; backward reads x and dy and writes dx."""
+
+    cuda_shapes = [(8, 512, 64, 64), (16, 256, 128, 128), (32, 1280, 16, 16)]
+    cpu_shapes = [(4, 256, 32, 32), (8, 128, 32, 32), (8, 640, 8, 8)]
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def __init__(self, kind):
+        self.kind = kind  # "group_norm", "group_norm_silu" or "instance_norm"
+
+    def make(self, shape, layout, device, dtype):
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        C = shape[1]
+        w = torch.randn(C, device=device, dtype=dtype, requires_grad=True)
+        b = torch.randn(C, device=device, dtype=dtype, requires_grad=True)
+        if self.kind == "instance_norm":
+            return ([x, w, b], lambda *_: fused_norm.instance_norm(x, weight=w, bias=b),
+                    lambda *_: F.instance_norm(x, weight=w, bias=b))
+        if self.kind == "group_norm_silu":
+            return ([x, w, b], lambda *_: fused_norm.group_norm_act(x, 32, w, b, 1e-5, "silu"),
+                    lambda *_: F.silu(F.group_norm(x, 32, w, b)))
+        return ([x, w, b], lambda *_: fused_norm.group_norm(x, 32, w, b),
+                lambda *_: F.group_norm(x, 32, w, b))
+
+
 OPS = {
     "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
@@ -101,6 +128,9 @@ OPS = {
     "batch_norm": BatchNorm(None),
     "batch_norm_relu": BatchNorm("relu"),
     "batch_norm_add_relu": BatchNorm("add_relu"),
+    "group_norm": GroupNorm("group_norm"),
+    "group_norm_silu": GroupNorm("group_norm_silu"),
+    "instance_norm": GroupNorm("instance_norm"),
 }
 
 

@@ -7,7 +7,10 @@ import torch
 from . import _batch_norm, _ops
 from .reference import stats_dtype
 
-__all__ = ["batch_norm", "batch_norm_add_relu", "batch_norm_relu", "layer_norm", "rms_norm"]
+__all__ = [
+    "batch_norm", "batch_norm_add_relu", "batch_norm_relu", "group_norm", "group_norm_act",
+    "instance_norm", "layer_norm", "rms_norm",
+]
 
 
 def _as_shape(normalized_shape):
@@ -48,3 +51,84 @@ def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None,
     """relu(batch_norm(input, ...) + residual) in one pass: the tail of a ResNet block."""
     return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, training,
                                   momentum, eps, residual=residual, relu=True)
+
+
+_ACTIVATION_ALIASES = {None: "none", "swish": "silu"}
+
+
+def _activation_name(activation):
+    name = _ACTIVATION_ALIASES.get(activation, activation)
+    if name not in ("none", "relu", "silu", "gelu", "gelu_tanh", "mish"):
+        raise ValueError(
+            f"activation must be one of None, 'relu', 'silu' ('swish'), 'gelu', 'gelu_tanh', "
+            f"'mish', but got {activation!r}")
+    return name
+
+
+def _verify_group_norm_size(input, num_groups):
+    """torch's check: more than one value per (sample, group)."""
+    if input.dim() >= 2 and num_groups > 0:
+        values = input.size(0) * input.size(1) // num_groups
+        for size in input.shape[2:]:
+            values *= size
+        if values == 1:
+            sizes = [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.shape[2:])
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {sizes}")
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Like torch.nn.functional.group_norm."""
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    _verify_group_norm_size(input, num_groups)
+    return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, "none")[0]
+
+
+def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activation="silu"):
+    """activation(group_norm(input, ...)) in one pass forward and one backward (the backward
+    recomputes the normalized value instead of storing it). activation: None, 'relu', 'silu'
+    (or 'swish'), 'gelu', 'gelu_tanh' (GELU with approximate='tanh') or 'mish'."""
+    name = _activation_name(activation)
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    _verify_group_norm_size(input, num_groups)
+    return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, name)[0]
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Like torch.nn.functional.instance_norm: GroupNorm with one group per channel when
+    use_input_stats, else the running statistics (an eval BatchNorm)."""
+    if not use_input_stats:
+        return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
+                                      momentum, eps)
+    if input.dim() >= 2:
+        spatial = 1
+        for size in input.shape[2:]:
+            spatial *= size
+        if spatial == 1:
+            raise ValueError(
+                f"Expected more than 1 spatial element when training, got input size "
+                f"{input.size()}")
+    C = input.size(1) if input.dim() >= 2 else 0
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is not None and stat.numel() != C:
+            # torch checks the repeated [N * C] statistics.
+            raise RuntimeError(f"{name} should contain {input.size(0) * C} elements not "
+                               f"{stat.numel() * input.size(0)}")
+    # torch's instance_norm keeps the input's dtype under autocast (group_norm goes to float32).
+    with torch.autocast(input.device.type, enabled=False):
+        y, mean, rstd = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
+    if (running_mean is not None or running_var is not None) and input.numel() > 0:
+        spatial = input.numel() // (input.size(0) * C)
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
+            if running_var is not None:
+                # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
+                var = (rstd.reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
+                running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
+    return y

@@ -93,3 +93,29 @@ def batch_norm_ref(x, mean=None, var=None, weight=None, bias=None, eps=1e-5, res
     if relu:
         y = torch.relu(y)
     return y.to(x.dtype)
+
+
+ACTIVATIONS = {
+    "none": lambda z: z,
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+    "mish": torch.nn.functional.mish,
+}
+
+
+def group_norm_ref(x, num_groups, weight=None, bias=None, eps=1e-5, activation="none"):
+    """act(GroupNorm(x)) over (N, C, *), statistics per (sample, group) in the opmath dtype."""
+    dtype = stats_dtype(x.dtype)
+    N, C = x.shape[:2]
+    groups = x.to(dtype).reshape(N, num_groups, -1)
+    mean = groups.mean(-1, keepdim=True)
+    var = (groups - mean).square().mean(-1, keepdim=True)
+    z = ((groups - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    shape = [1, C] + [1] * (x.dim() - 2)
+    if weight is not None:
+        z = z * weight.to(dtype).reshape(shape)
+    if bias is not None:
+        z = z + bias.to(dtype).reshape(shape)
+    return ACTIVATIONS[activation](z).to(x.dtype)
