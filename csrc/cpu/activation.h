@@ -1,7 +1,7 @@
 // The activations the CPU norm kernels fuse, forward and backward, on at::vec::Vectorized of the
-// opmath type: the one place their formulas live. Their values follow torch's CPU kernels
-// (same formulas, same Sleef functions), so results agree to fp32 rounding. Compiled once per CPU
-// capability, like the kernel headers that include it.
+// opmath type: the one place their formulas live. Their values follow torch's CPU kernels (the
+// same formulas, but for Mish's cheaper form of the same function), so results agree to fp32
+// rounding. Compiled once per CPU capability, like the kernel headers that include it.
 #pragma once
 
 #include "kernel_utils.h"
@@ -84,17 +84,24 @@ struct ActivationMath<Activation::kGeluTanh> {
   static constexpr double kBeta = M_SQRT2 * M_2_SQRTPI * 0.5;  // sqrt(2 / pi)
   static constexpr double kKappa = 0.044715;
   // Scalar math: y = 0.5 * z * (1 + tanh(kBeta * (z + kKappa * z^3)))
+  // tanh(u) = 1 - 2 / (exp(2u) + 1): one exp and one division, cheaper than the library tanh.
+  // Its absolute error (not relative, near 0) is what both formulas below need: t enters as 1 + t
+  // and 1 - t^2.
+  template <typename V>
+  static C10_ALWAYS_INLINE V tanh_inner(const V& z, const V& z_sq) {
+    const V two_u = V(2 * kBeta) * at::vec::fmadd(V(kKappa) * z_sq, z, z);
+    return V(1) - V(2) / (two_u.exp() + V(1));
+  }
   template <typename V>
   static C10_ALWAYS_INLINE V fwd(const V& z) {
-    const V inner = V(kBeta) * at::vec::fmadd(V(kKappa) * z * z, z, z);
-    return V(0.5) * z * (V(1) + inner.tanh());
+    return V(0.5) * z * (V(1) + tanh_inner(z, z * z));
   }
   // Scalar math (torch's gelu_backward, approximate='tanh'): t = tanh(inner);
   // dz = dy * (0.5 * (1 + t) + 0.5 * z * (1 - t^2) * kBeta * (1 + 3 * kKappa * z^2))
   template <typename V>
   static C10_ALWAYS_INLINE V grad(const V& z, const V& dy) {
     const V one(1), z_sq = z * z;
-    const V t = (V(kBeta) * at::vec::fmadd(V(kKappa) * z_sq, z, z)).tanh();
+    const V t = tanh_inner(z, z_sq);
     const V inner_grad = V(kBeta) * at::vec::fmadd(V(3 * kKappa), z_sq, one);
     const V right = V(0.5) * z * (one - t * t) * inner_grad;
     return dy * at::vec::fmadd(V(0.5), one + t, right);
@@ -103,20 +110,31 @@ struct ActivationMath<Activation::kGeluTanh> {
 
 template <>
 struct ActivationMath<Activation::kMish> {
-  // softplus(z) = log1p(exp(z)), and z above torch's softplus threshold 20.
+  // tanh(softplus(z)) with one exp and one division instead of exp, log1p and tanh (the
+  // activation's whole cost): with e = exp(z), tanh(log1p(e)) = n / (n + 2), n = e * (e + 2).
+  // Above torch's softplus threshold 20, softplus(z) = z and tanh(z) is 1 in double already;
+  // clamping z there keeps n finite.
   template <typename V>
-  static C10_ALWAYS_INLINE V softplus(const V& z) {
-    return V::blendv(z.exp().log1p(), z, z > V(20));
+  static C10_ALWAYS_INLINE V tanh_softplus(const V& z, const V& e) {
+    const V n = e * (e + V(2));
+    return V::blendv(n / (n + V(2)), V(1), z > V(20));
+  }
+  template <typename V>
+  static C10_ALWAYS_INLINE V exp_below_threshold(const V& z) {
+    return at::vec::minimum(z, V(20)).exp();
   }
   // Scalar math: y = z * tanh(softplus(z))
   template <typename V>
-  static C10_ALWAYS_INLINE V fwd(const V& z) { return z * softplus(z).tanh(); }
-  // Scalar math: t = tanh(softplus(z)); dz = dy * (t + z * sigmoid(z) * (1 - t^2))
+  static C10_ALWAYS_INLINE V fwd(const V& z) {
+    return z * tanh_softplus(z, exp_below_threshold(z));
+  }
+  // Scalar math: t = tanh(softplus(z)); dz = dy * (t + z * sigmoid(z) * (1 - t^2)),
+  // sigmoid(z) = e / (1 + e)
   template <typename V>
   static C10_ALWAYS_INLINE V grad(const V& z, const V& dy) {
-    const V one(1);
-    const V t = softplus(z).tanh();
-    const V sigmoid = one / (one + z.neg().exp());
+    const V one(1), e = exp_below_threshold(z);
+    const V t = tanh_softplus(z, e);
+    const V sigmoid = e / (one + e);
     return dy * at::vec::fmadd(z * sigmoid, one - t * t, t);
   }
 };

@@ -236,7 +236,8 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
   };
   // Walk 2 over channels [c_begin, c_end) of the row. Scalar math, with the group means
   // m1 = mean(w * dz), m2 = mean(w * dz * xhat) from the channel sums:
-  // dx = rstd * (w[c] * dz - m1 - xhat * m2) = dz * (rstd * w[c]) + xmu * (-rstd^2 * m2) - rstd * m1
+  // dx = rstd * (w[c] * dz - m1 - xhat * m2)
+  //    = dz * (rstd * w[c]) + xmu * (-rstd^2 * m2) - rstd * m1
   auto dx_walk = [&](int64_t row, int64_t c_begin, int64_t c_end, const acc_t* dz_cache) {
     const int64_t n = row / G, g = row % G;
     const acc_t mean = mean_in[row], rstd = rstd_in[row];
@@ -245,9 +246,10 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
       w_dz_xhat_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + c];
       w_dz_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + p.C + c];
     }
+    const double rstd_d = rstd;
     const AccVec mean_vec(mean);
-    const AccVec xmu_coef(static_cast<acc_t>(-static_cast<double>(rstd) * rstd * w_dz_xhat_sum / L));
-    const AccVec dx_shift(static_cast<acc_t>(-static_cast<double>(rstd) * w_dz_sum / L));
+    const AccVec xmu_coef(static_cast<acc_t>(-rstd_d * rstd_d * w_dz_xhat_sum / L));
+    const AccVec dx_shift(static_cast<acc_t>(-rstd_d * w_dz_sum / L));
     for (int64_t cl = c_begin; cl < c_end; ++cl) {
       const int64_t c = g * D + cl;
       const AccVec scale(rstd * weight[c]), shift(bias[c]);
