@@ -47,8 +47,6 @@ struct ColumnLayout {
   bool empty_problem() const { return shape.A * shape.C * shape.B == 0; }
 };
 
-const char* device_name(const at::Tensor& t) { return t.is_cuda() ? "CUDA" : "CPU"; }
-
 void check_input(const at::Tensor& input) {
   TORCH_CHECK_NOT_IMPLEMENTED(
       is_kernel_dtype(input.scalar_type()),
@@ -66,10 +64,7 @@ void check_per_channel(const char* name, const at::Tensor& t, const at::Tensor& 
   TORCH_CHECK(t.numel() == C,
               message(name, " should contain ", C, " elements not ", t.numel()));
   check_same_device(input, t);
-  const at::ScalarType x = input.scalar_type(), p = t.scalar_type();
-  const bool mixed_ok = p == at::kFloat && (x == at::kHalf || x == at::kBFloat16);
-  TORCH_CHECK(p == x || mixed_ok, message("mixed dtype (", device_name(input),
-                                          "): expect parameter to have scalar type of Float"));
+  check_mixed_dtype(t, input);
 }
 
 // Tensors of the input's shape that come with it (grad_out, relu_output, residual).
@@ -91,23 +86,11 @@ at::Tensor stats_for_kernel(const at::Tensor& t, const at::Tensor& input) {
   return t.reshape({-1}).to(dtype).contiguous();
 }
 
-DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
-                     const std::optional<at::Tensor>& bias) {
-  if (defined(weight)) return to_dtype(weight->scalar_type());
-  if (defined(bias)) return to_dtype(bias->scalar_type());
-  return to_dtype(input.scalar_type());
-}
-
 void check_params(const at::Tensor& input, const std::optional<at::Tensor>& weight,
                   const std::optional<at::Tensor>& bias) {
   if (defined(weight)) check_per_channel("weight", *weight, input);
   if (defined(bias)) check_per_channel("bias", *bias, input);
-  if (defined(weight) && defined(bias)) {
-    TORCH_CHECK(weight->scalar_type() == bias->scalar_type(),
-                message("mixed dtype (", device_name(input),
-                        "): expect weight and bias to have the same scalar type, but got ",
-                        weight->scalar_type(), " and ", bias->scalar_type()));
-  }
+  check_same_param_dtype(input, weight, bias);
 }
 
 std::optional<at::Tensor> flat_or_none(const std::optional<at::Tensor>& t) {

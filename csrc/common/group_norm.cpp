@@ -20,8 +20,6 @@ Activation parse_activation(std::string_view name) {
                                    "'; expected one of none, relu, silu, gelu, gelu_tanh, mish"));
 }
 
-const char* device_name(const at::Tensor& t) { return t.is_cuda() ? "CUDA" : "CPU"; }
-
 struct GroupShape {
   int64_t N, C, HW, G;
 };
@@ -32,10 +30,7 @@ void check_param(const char* name, const at::Tensor& param, const at::Tensor& in
                       " to be a vector of size equal to the number of channels in input, but got ",
                       name, " of shape ", param.sizes(), " and input of shape ", input.sizes()));
   check_same_device(input, param);
-  const at::ScalarType x = input.scalar_type(), p = param.scalar_type();
-  const bool mixed_ok = p == at::kFloat && (x == at::kHalf || x == at::kBFloat16);
-  TORCH_CHECK(p == x || mixed_ok, message("mixed dtype (", device_name(input),
-                                          "): expect parameter to have scalar type of Float"));
+  check_mixed_dtype(param, input);
 }
 
 // torch's checks of native_group_norm, with its wording.
@@ -57,24 +52,12 @@ GroupShape check_group_norm_args(const at::Tensor& input, int64_t num_groups,
                       input.sizes(), " and num_groups=", num_groups));
   if (defined(weight)) check_param("weight", *weight, input);
   if (defined(bias)) check_param("bias", *bias, input);
-  if (defined(weight) && defined(bias)) {
-    TORCH_CHECK(weight->scalar_type() == bias->scalar_type(),
-                message("mixed dtype (", device_name(input),
-                        "): expect weight and bias to have the same scalar type, but got ",
-                        weight->scalar_type(), " and ", bias->scalar_type()));
-  }
+  check_same_param_dtype(input, weight, bias);
   int64_t HW = 1;
   for (int64_t d = 2; d < input.dim(); ++d) HW *= input.size(d);
   TORCH_CHECK(N == 0 || C == 0 || HW > 0,
               message("Expected HxW to be greater than 0, got ", HW));
   return {N, C, HW, num_groups};
-}
-
-DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
-                     const std::optional<at::Tensor>& bias) {
-  if (defined(weight)) return to_dtype(weight->scalar_type());
-  if (defined(bias)) return to_dtype(bias->scalar_type());
-  return to_dtype(input.scalar_type());
 }
 
 // Outputs keep the input's memory format (channels_last stays channels_last); the kernels work

@@ -75,13 +75,6 @@ RowShape check_row_norm_args(const char* op, bool rms, const at::Tensor& input,
   return {M, N};
 }
 
-DType param_dtype(const at::Tensor& input, const std::optional<at::Tensor>& weight,
-                  const std::optional<at::Tensor>& bias) {
-  if (weight && weight->defined()) return to_dtype(weight->scalar_type());
-  if (bias && bias->defined()) return to_dtype(bias->scalar_type());
-  return to_dtype(input.scalar_type());
-}
-
 // The forward of both ops: y, mean (LayerNorm only) and rstd.
 Tensor3 row_norm_fwd(const RowNormBackend& backend, const char* op, bool rms,
                      const at::Tensor& input, at::IntArrayRef normalized_shape,
@@ -114,7 +107,7 @@ Tensor3 row_norm_fwd(const RowNormBackend& backend, const char* op, bool rms,
   p.N = shape.N;
   p.eps = eps;
   p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype(x, weight, bias);
+  p.param_dtype = param_dtype_of(x, weight, bias);
   p.rms = rms;
   backend.fwd(p);
   return {y, mean, rstd};
@@ -179,7 +172,7 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
   p.M = shape.M;
   p.N = shape.N;
   p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype(x, weight, bias_in);
+  p.param_dtype = param_dtype_of(x, weight, bias_in);
   p.rms = rms;
   p.sm_count = backend.parallelism(x);
   const size_t workspace_bytes = backend.bwd_workspace_bytes(p);

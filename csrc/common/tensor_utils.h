@@ -53,6 +53,32 @@ inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tens
   return std::nullopt;
 }
 
+// The kernel dtype of the affine parameters: the weight's, else the bias's, else the input's.
+inline DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias) {
+  if (defined(weight)) return to_dtype(weight->scalar_type());
+  if (defined(bias)) return to_dtype(bias->scalar_type());
+  return to_dtype(input.scalar_type());
+}
+
+// torch's mixed-precision rule for per-channel tensors of BatchNorm and GroupNorm, in its words:
+// the input's dtype, or float32 with a 16-bit input; weight and bias of one dtype.
+inline void check_mixed_dtype(const at::Tensor& param, const at::Tensor& input) {
+  const at::ScalarType x = input.scalar_type(), p = param.scalar_type();
+  const bool mixed_ok = p == at::kFloat && (x == at::kHalf || x == at::kBFloat16);
+  const char* device = input.is_cuda() ? "CUDA" : "CPU";
+  TORCH_CHECK(p == x || mixed_ok,
+              message("mixed dtype (", device, "): expect parameter to have scalar type of Float"));
+}
+inline void check_same_param_dtype(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& bias) {
+  if (!defined(weight) || !defined(bias)) return;
+  TORCH_CHECK(weight->scalar_type() == bias->scalar_type(),
+              message("mixed dtype (", input.is_cuda() ? "CUDA" : "CPU",
+                      "): expect weight and bias to have the same scalar type, but got ",
+                      weight->scalar_type(), " and ", bias->scalar_type()));
+}
+
 // Scratch memory of `bytes` bytes on input's device (an undefined tensor for 0 bytes).
 inline at::Tensor workspace_for(const at::Tensor& input, size_t bytes) {
   if (bytes == 0) return at::Tensor();

@@ -17,44 +17,14 @@ namespace cpu {
 // Defined once per capability by the kernel headers (kernels_default.cpp, kernels_avx2.cpp,
 // kernels_avx512.cpp).
 namespace DEFAULT {
-void row_norm_fwd(const RowNormFwdParams& p);
-void row_norm_bwd(const RowNormBwdParams& p);
-size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
-void column_norm_stats(const ColumnStatsParams& p);
-void column_norm_elemt(const ColumnNormElemtParams& p);
-void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
-void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
-size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
-void group_norm_fwd(const GroupNormFwdParams& p);
-void group_norm_bwd(const GroupNormBwdParams& p);
-size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
+#include "kernel_entry_points.h"
 }  // namespace DEFAULT
 #if defined(__x86_64__) && defined(__GNUC__)
 namespace AVX2 {
-void row_norm_fwd(const RowNormFwdParams& p);
-void row_norm_bwd(const RowNormBwdParams& p);
-size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
-void column_norm_stats(const ColumnStatsParams& p);
-void column_norm_elemt(const ColumnNormElemtParams& p);
-void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
-void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
-size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
-void group_norm_fwd(const GroupNormFwdParams& p);
-void group_norm_bwd(const GroupNormBwdParams& p);
-size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
+#include "kernel_entry_points.h"
 }  // namespace AVX2
 namespace AVX512 {
-void row_norm_fwd(const RowNormFwdParams& p);
-void row_norm_bwd(const RowNormBwdParams& p);
-size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
-void column_norm_stats(const ColumnStatsParams& p);
-void column_norm_elemt(const ColumnNormElemtParams& p);
-void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
-void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
-size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
-void group_norm_fwd(const GroupNormFwdParams& p);
-void group_norm_bwd(const GroupNormBwdParams& p);
-size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
+#include "kernel_entry_points.h"
 }  // namespace AVX512
 #endif
 

@@ -58,5 +58,33 @@ inline int vec_width16(DType x) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Launches `kernel` on `blocks` blocks of `threads` threads, grouped in thread-block clusters of
+// `cluster` blocks when cluster > 1 (sm_90: the caller checked the device has them). 0 blocks
+// launch nothing.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_blocks(void (*kernel)(KArgs...), int64_t blocks, int threads, int cluster,
+                          cudaStream_t stream, Args... args) {
+  if (blocks == 0) return cudaSuccess;
+  if (cluster > 1) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+    if (e != cudaSuccess) return e;
+  } else {
+    kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(args...);
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace cuda
 }  // namespace fused_norm

@@ -581,25 +581,7 @@ bool valid_shape(int64_t N, int64_t C, int64_t HW, int64_t G) {
 
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), const FwdLaunch& F, cudaStream_t stream, Args... args) {
-  if (F.cluster > 1) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(F.blocks));
-    cfg.blockDim = dim3(F.threads);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = F.cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
-    if (e != cudaSuccess) return e;
-  } else {
-    kernel<<<static_cast<unsigned>(F.blocks), F.threads, 0, stream>>>(args...);
-  }
-  return cudaGetLastError();
+  return launch_blocks(kernel, F.blocks, F.threads, F.cluster, stream, args...);
 }
 
 // Workspace layout of the backward: the plane sums, then the row coefficients (256-byte aligned).

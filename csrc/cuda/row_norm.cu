@@ -739,26 +739,7 @@ bool device_has_clusters() {
 
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), const RowLaunch& L, cudaStream_t stream, Args... args) {
-  if (L.blocks == 0) return cudaSuccess;
-  if (L.cluster > 1) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(L.blocks));
-    cfg.blockDim = dim3(L.threads);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = L.cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
-    if (e != cudaSuccess) return e;
-  } else {
-    kernel<<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(args...);
-  }
-  return cudaGetLastError();
+  return launch_blocks(kernel, L.blocks, L.threads, L.cluster, stream, args...);
 }
 
 }  // namespace

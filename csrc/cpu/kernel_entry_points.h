@@ -1,0 +1,15 @@
+// The entry points every CPU capability defines (kernels_default.cpp, kernels_avx2.cpp,
+// kernels_avx512.cpp, through the kernel headers). Deliberately without an include guard: it is
+// included once inside each capability's namespace in cpu_backends.cpp, declaring the same
+// functions in DEFAULT, AVX2 and AVX512.
+void row_norm_fwd(const RowNormFwdParams& p);
+void row_norm_bwd(const RowNormBwdParams& p);
+size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+void column_norm_stats(const ColumnStatsParams& p);
+void column_norm_elemt(const ColumnNormElemtParams& p);
+void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
+void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
+size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
+void group_norm_fwd(const GroupNormFwdParams& p);
+void group_norm_bwd(const GroupNormBwdParams& p);
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
