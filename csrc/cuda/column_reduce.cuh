@@ -277,5 +277,17 @@ cudaError_t launch_column_merge(const typename StateTraits<State>::Value* partia
   return cudaGetLastError();
 }
 
+// The store of a column merge that ends in weight / bias gradients: the two sums of each column,
+// cast to the param dtype (the row norms' and GroupNorm's dweight, dbias).
+template <typename Acc, typename P>
+struct ParamGradStore {
+  P* dw;  // [columns] or nullptr
+  P* db;  // [columns] or nullptr
+  __device__ __forceinline__ void operator()(int64_t col, const Sums<Acc, 2>& s) const {
+    if (dw) dw[col] = from_opmath<P>(s.v[0]);
+    if (db) db[col] = from_opmath<P>(s.v[1]);
+  }
+};
+
 }  // namespace cuda
 }  // namespace fused_norm

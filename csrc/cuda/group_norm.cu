@@ -537,17 +537,6 @@ __global__ void __launch_bounds__(kDxThreads) group_norm_bwd_dx_kernel(const Bwd
   }
 }
 
-// Final dweight / dbias from the merged plane sums, cast to the param dtype.
-template <typename Acc, typename P>
-struct ParamGradStore {
-  P* dw;  // [C] or nullptr
-  P* db;  // [C] or nullptr
-  __device__ __forceinline__ void operator()(int64_t c, const Sums<Acc, 2>& s) const {
-    if (dw) dw[c] = from_opmath<P>(s.v[0]);
-    if (db) db[c] = from_opmath<P>(s.v[1]);
-  }
-};
-
 // ================================================================================================
 // Host side
 // ================================================================================================

@@ -708,17 +708,6 @@ struct ParamGradColumnsOp {
   __device__ __forceinline__ State column(const ThreadState& s, int) const { return s; }
 };
 
-// Final dweight / dbias from the merged partials, cast to the param dtype.
-template <typename Acc, typename P>
-struct ParamGradStore {
-  P* dw;  // [N] or nullptr
-  P* db;  // [N] or nullptr
-  __device__ __forceinline__ void operator()(int64_t col, const Sums<Acc, 2>& s) const {
-    if (dw) dw[col] = from_opmath<P>(s.v[0]);
-    if (db) db[col] = from_opmath<P>(s.v[1]);
-  }
-};
-
 // ================================================================================================
 // Host side
 // ================================================================================================
