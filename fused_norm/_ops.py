@@ -145,7 +145,7 @@ def _group_norm_bwd_fake(grad_out, input, num_groups, mean, rstd, weight, bias, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd. The forward ops' autograd is C++ (csrc/common/row_norm_autograd.cpp: it calls the
+# Autograd. The forward ops' autograd is C++ (csrc/common/norm_autograd.cpp: it calls the
 # backward op); the backward ops' own backward (double backward) is here and differentiates the
 # reference formula of row_norm_bwd_ref.
 
@@ -229,24 +229,9 @@ torch.library.register_autograd(
 )
 
 
-# GroupNorm: the forward op's backward calls the backward op; the backward op's own backward
-# (double backward) differentiates the vector-Jacobian product of the reference forward.
-
-
-def _group_norm_fwd_setup(ctx, inputs, output):
-    input, num_groups, weight, bias, eps, activation = inputs
-    _, mean, rstd = output
-    ctx.num_groups, ctx.activation = num_groups, activation
-    ctx.save_for_backward(input, mean, rstd, weight, bias)
-
-
-def _group_norm_fwd_backward(ctx, grad_y, grad_mean, grad_rstd):
-    input, mean, rstd, weight, bias = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
-    dx, dweight, dbias = ops.group_norm_bwd(grad_y, input, ctx.num_groups, mean, rstd, weight,
-                                            bias, ctx.activation, mask)
-    return (dx if mask[0] else None, None, dweight if mask[1] else None,
-            dbias if mask[2] else None, None, None)
+# GroupNorm: the forward op's autograd is C++ (csrc/common/norm_autograd.cpp) and calls the
+# backward op; the backward op's own backward (double backward) differentiates the
+# vector-Jacobian product of the reference forward.
 
 
 def _group_norm_bwd_setup(ctx, inputs, output):
@@ -309,9 +294,6 @@ def _group_norm_bwd_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     return cast[0], cast[1], None, None, None, cast[2], cast[3], None, None
 
 
-torch.library.register_autograd(
-    "fused_norm::group_norm_fwd", _group_norm_fwd_backward, setup_context=_group_norm_fwd_setup
-)
 torch.library.register_autograd(
     "fused_norm::group_norm_bwd", _group_norm_bwd_backward, setup_context=_group_norm_bwd_setup
 )

@@ -95,18 +95,21 @@ class BatchNorm:
 
 class GroupNorm:
     """Training GroupNorm (32 groups; optionally + SiLU) or InstanceNorm of an (N, C, H, W)
-    tensor. Bytes: forward reads x and writes y; backward reads x and dy and writes dx."""
+    tensor, NCHW or channels_last (a diffusion UNet's usual format). Bytes: forward reads x and
+    writes y; backward reads x and dy and writes dx."""
 
     cuda_shapes = [(8, 512, 64, 64), (16, 256, 128, 128), (32, 1280, 16, 16)]
     cpu_shapes = [(4, 256, 32, 32), (8, 128, 32, 32), (8, 640, 8, 8)]
-    layouts = ["contiguous"]
+    layouts = ["contiguous", "channels_last"]
     fwd_tensors, bwd_tensors = 2, 3
 
     def __init__(self, kind):
         self.kind = kind  # "group_norm", "group_norm_silu" or "instance_norm"
 
     def make(self, shape, layout, device, dtype):
-        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        x.requires_grad_()
         C = shape[1]
         w = torch.randn(C, device=device, dtype=dtype, requires_grad=True)
         b = torch.randn(C, device=device, dtype=dtype, requires_grad=True)

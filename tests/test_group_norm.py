@@ -28,6 +28,14 @@ CASES = [
     pytest.param((2, 6, 5), 3, False, id="3d"),
     pytest.param((3, 8, 7, 7), 4, False, id="4d"),
     pytest.param((3, 8, 7, 7), 4, True, id="4d-channels-last"),
+    # channels-last is a column problem per sample (csrc/cpu/group_norm_kernels.h): one sample
+    # (all threads on it), channels not a whole number of vectors, one channel or all per group,
+    # channels_last_3d
+    pytest.param((1, 64, 33, 33), 32, True, id="channels-last-one-sample"),
+    pytest.param((2, 40, 9, 9), 8, True, id="channels-last-odd-channels"),
+    pytest.param((3, 6, 5, 4), 6, True, id="channels-last-groups-eq-channels"),
+    pytest.param((2, 16, 9, 9), 1, True, id="channels-last-one-group"),
+    pytest.param((2, 12, 3, 4, 5), 3, True, id="channels-last-3d"),
     pytest.param((2, 32, 16, 16), 32, False, id="groups-eq-channels"),
     pytest.param((2, 16, 9, 9), 1, False, id="one-group"),
     pytest.param((4, 8, 1), 2, False, id="hw1"),
@@ -43,7 +51,8 @@ def f64(t):
 def make(shape, channels_last, dtype, device, offset=0.0):
     x = (torch.randn(shape, device=device) * 2 + offset).to(dtype)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x
 
 
@@ -70,7 +79,8 @@ def test_group_norm_parity(device, shape, groups, channels_last, dtype, affine):
     y_ref = F.group_norm(ref_leaves[0], groups, w64, b64, 1e-5)
     assert_close(y, y_ref.to(dtype), dtype, "fwd")
     if channels_last:
-        assert y.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        assert y.is_contiguous(memory_format=fmt)
     dy = torch.randn_like(y)
     grads = torch.autograd.grad(y, leaves, dy)
     ref = torch.autograd.grad(y_ref, ref_leaves, f64(dy))
@@ -83,10 +93,12 @@ def test_group_norm_parity(device, shape, groups, channels_last, dtype, affine):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_group_norm_act_parity(device, activation, dtype, channels_last):
-    shape, groups = (2, 16, 6, 5), 4
+@pytest.mark.parametrize("shape,groups", [((2, 16, 6, 5), 4), ((1, 24, 20, 21), 6)],
+                         ids=["batch", "one-sample"])
+def test_group_norm_act_parity(device, activation, dtype, channels_last, shape, groups):
     x = make(shape, channels_last, dtype, device).requires_grad_()
-    w, b = make_params(16, dtype, device, "weight_bias")
+    C = shape[1]
+    w, b = make_params(C, dtype, device, "weight_bias")
     w.requires_grad_()
     b.requires_grad_()
     y = fused_norm.group_norm_act(x, groups, w, b, 1e-5, activation)
@@ -100,7 +112,7 @@ def test_group_norm_act_parity(device, activation, dtype, channels_last):
     # ReLU's derivative jumps at 0: compare only where z is clearly away from it.
     clear = (z.detach().abs() > 1e-2) if activation == "relu" else torch.ones_like(z, dtype=torch.bool)
     assert_close(grads[0] * clear, (ref[0] * clear).to(dtype), dtype, "bwd", msg="dx")
-    rows = x.numel() // 16
+    rows = x.numel() // C
     if activation != "relu":
         assert_close(grads[1], ref[1].to(dtype), dtype, "wgrad", rows, msg="dweight")
         assert_close(grads[2], ref[2].to(dtype), dtype, "wgrad", rows, msg="dbias")
@@ -119,15 +131,17 @@ def test_half_input_with_float_params(device, dtype):
     assert dw.dtype == torch.float32 and db.dtype == torch.float32 and dx.dtype == dtype
 
 
-def test_statistics_keep_precision_far_from_zero(device):
-    x = make((4, 8, 64, 64), False, torch.float32, device, offset=1000.0)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_statistics_keep_precision_far_from_zero(device, channels_last):
+    x = make((4, 8, 64, 64), channels_last, torch.float32, device, offset=1000.0)
     y = fused_norm.group_norm(x, 4)
     y_ref = F.group_norm(x.double(), 4)
     torch.testing.assert_close(y, y_ref.float(), atol=2e-3, rtol=0)
 
 
-def test_deterministic_and_nan_propagation(device):
-    x = make((4, 16, 12, 12), False, torch.float32, device).requires_grad_()
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_deterministic_and_nan_propagation(device, channels_last):
+    x = make((4, 16, 12, 12), channels_last, torch.float32, device).requires_grad_()
     w = torch.rand(16, device=device, requires_grad=True)
     b = torch.randn(16, device=device, requires_grad=True)
     dy = torch.randn_like(x)
@@ -139,6 +153,11 @@ def test_deterministic_and_nan_propagation(device):
         assert torch.equal(a, c)
     xn = x.detach().clone()
     xn[1, 5, 3, 3] = float("nan")
+    # dy in another memory order than x is brought to x's.
+    dx = torch.autograd.grad(fused_norm.group_norm(x, 4), x, dy.contiguous())[0]
+    dx_other = torch.autograd.grad(
+        fused_norm.group_norm(x, 4), x, dy.contiguous(memory_format=torch.channels_last))[0]
+    torch.testing.assert_close(dx, dx_other, atol=0, rtol=0)
     torch.testing.assert_close(fused_norm.group_norm(xn, 4), F.group_norm(xn, 4), equal_nan=True)
 
 

@@ -60,20 +60,41 @@ GroupShape check_group_norm_args(const at::Tensor& input, int64_t num_groups,
   return {N, C, HW, num_groups};
 }
 
-// Outputs keep the input's memory format (channels_last stays channels_last); the kernels work
-// on the contiguous [N, C, HW] form. A tensor that is both contiguous and channels-last (C == 1
-// or a single spatial element) counts as contiguous, as in fused_norm/_ops.py's fakes.
-at::Tensor in_format_of(const at::Tensor& result, const at::Tensor& input) {
-  if (!input.is_contiguous()) {
-    if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-      return result.contiguous(at::MemoryFormat::ChannelsLast);
-    }
-    if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) {
-      return result.contiguous(at::MemoryFormat::ChannelsLast3d);
-    }
+// Outputs keep the input's memory format: channels_last and channels_last_3d stay so, anything
+// else comes back contiguous. A tensor that is both contiguous and channels-last (C == 1 or a
+// single spatial element) counts as contiguous, as in fused_norm/_ops.py's fakes.
+std::optional<at::MemoryFormat> channels_last_format(const at::Tensor& input) {
+  if (input.is_contiguous()) return std::nullopt;
+  for (const auto& [dim, format] : {std::pair(4, at::MemoryFormat::ChannelsLast),
+                                    std::pair(5, at::MemoryFormat::ChannelsLast3d)}) {
+    if (input.dim() == dim && input.is_contiguous(format)) return format;
   }
-  return result;
+  return std::nullopt;
 }
+
+// The memory order the kernels get (GroupNormFwdParams::channels_last): channels-last input as it
+// is where the backend takes it, else the contiguous [N, C, HW] form. Every tensor of the call is
+// brought to it, and outputs are allocated in it.
+struct GroupLayout {
+  std::optional<at::MemoryFormat> output_format;  // channels-last input: its format
+  bool channels_last;                              // the kernels walk [N, HW, C]
+
+  GroupLayout(const GroupNormBackend& backend, const at::Tensor& input)
+      : output_format(channels_last_format(input)),
+        channels_last(backend.channels_last && output_format.has_value()) {}
+
+  at::MemoryFormat kernel_format() const {
+    return channels_last ? *output_format : at::MemoryFormat::Contiguous;
+  }
+  at::Tensor arrange(const at::Tensor& t) const { return t.contiguous(kernel_format()); }
+  at::Tensor empty(const at::Tensor& like) const {
+    return at::empty(like.sizes(), like.options().memory_format(kernel_format()));
+  }
+  // An output of the kernels in the input's memory format.
+  at::Tensor in_input_format(const at::Tensor& result) const {
+    return output_format ? result.contiguous(*output_format) : result;
+  }
+};
 
 }  // namespace
 
@@ -84,14 +105,15 @@ Tensor3 group_norm_fwd(const GroupNormBackend& backend, const at::Tensor& input,
   const GroupShape s = check_group_norm_args(input, num_groups, weight_in, bias_in);
   const Activation act = parse_activation(activation);
   c10::DeviceGuard device_guard(input.device());
-  const at::Tensor x = input.contiguous();
+  const GroupLayout layout(backend, input);
+  const at::Tensor x = layout.arrange(input);
   const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
   const std::optional<at::Tensor> bias = contiguous_or_none(bias_in);
   const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor y = layout.empty(x);
   at::Tensor mean = at::empty({s.N, s.G}, stats_options);
   at::Tensor rstd = at::empty({s.N, s.G}, stats_options);
-  if (s.N * s.C * s.HW == 0) return {in_format_of(y, input), mean, rstd};
+  if (s.N * s.C * s.HW == 0) return {layout.in_input_format(y), mean, rstd};
   GroupNormFwdParams p{};
   p.x = x.const_data_ptr();
   p.weight = data_or_null(weight);
@@ -104,12 +126,15 @@ Tensor3 group_norm_fwd(const GroupNormBackend& backend, const at::Tensor& input,
   p.HW = s.HW;
   p.G = s.G;
   p.eps = eps;
+  p.channels_last = layout.channels_last;
   p.x_dtype = to_dtype(x.scalar_type());
   p.param_dtype = param_dtype_of(x, weight, bias);
   p.act = act;
   p.parallelism = backend.parallelism(x);
+  const at::Tensor workspace = workspace_for(x, backend.fwd_workspace_bytes(p));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
   backend.fwd(p);
-  return {in_format_of(y, input), mean, rstd};
+  return {layout.in_input_format(y), mean, rstd};
 }
 
 Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_out,
@@ -135,8 +160,9 @@ Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_o
                         t->numel(), " elements of dtype ", t->scalar_type()));
   }
   c10::DeviceGuard device_guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor dy = grad_out.contiguous();
+  const GroupLayout layout(backend, input);
+  const at::Tensor x = layout.arrange(input);
+  const at::Tensor dy = layout.arrange(grad_out);
   const at::Tensor mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
   const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
@@ -145,14 +171,14 @@ Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_o
   const bool want_dbias = output_mask[2] && defined(bias);
   // Each unwanted output is its own empty tensor: outputs of an op must not alias each other.
   auto unwanted = [&] { return at::empty({0}, x.options()); };
-  at::Tensor dx = output_mask[0] ? at::empty(x.sizes(), x.options()) : unwanted();
+  at::Tensor dx = output_mask[0] ? layout.empty(x) : unwanted();
   at::Tensor dweight = want_dweight ? at::empty(weight->sizes(), weight->options()) : unwanted();
   at::Tensor dbias = want_dbias ? at::empty(bias->sizes(), bias->options()) : unwanted();
   if (s.N * s.C * s.HW == 0) {
     // Sums over nothing.
     if (want_dweight) dweight.zero_();
     if (want_dbias) dbias.zero_();
-    return {output_mask[0] ? in_format_of(dx, input) : dx, dweight, dbias};
+    return {output_mask[0] ? layout.in_input_format(dx) : dx, dweight, dbias};
   }
   GroupNormBwdParams p{};
   p.dy = dy.const_data_ptr();
@@ -168,6 +194,7 @@ Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_o
   p.C = s.C;
   p.HW = s.HW;
   p.G = s.G;
+  p.channels_last = layout.channels_last;
   p.x_dtype = to_dtype(x.scalar_type());
   p.param_dtype = param_dtype_of(x, weight, bias);
   p.act = act;
@@ -175,7 +202,7 @@ Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_o
   const at::Tensor workspace = workspace_for(x, backend.bwd_workspace_bytes(p));
   if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
   backend.bwd(p);
-  return {output_mask[0] ? in_format_of(dx, input) : dx, dweight, dbias};
+  return {output_mask[0] ? layout.in_input_format(dx) : dx, dweight, dbias};
 }
 
 }  // namespace fused_norm

@@ -1,6 +1,6 @@
 // The torch-facing half of the group-norm ops (GroupNorm, InstanceNorm, and their fused
-// activations), shared by every device: checks with torch's wording, the contiguous [N, C, HW]
-// view, allocation, zero-size answers. A device contributes a GroupNormBackend and registers the
+// activations), shared by every device: checks with torch's wording, the [N, C, HW] or
+// [N, HW, C] layout, allocation, zero-size answers. A device contributes a GroupNormBackend and registers the
 // ops with register_group_norm_kernels.
 #pragma once
 
@@ -19,9 +19,13 @@ namespace fused_norm {
 struct GroupNormBackend {
   void (*fwd)(const GroupNormFwdParams&);
   void (*bwd)(const GroupNormBwdParams&);
+  size_t (*fwd_workspace_bytes)(const GroupNormFwdParams&);
   size_t (*bwd_workspace_bytes)(const GroupNormBwdParams&);
   // How many independent workers the device has for `t` (CPU threads, CUDA multiprocessors).
   int (*parallelism)(const at::Tensor& t);
+  // Whether the kernels take channels-last input as it is (GroupNormFwdParams::channels_last);
+  // otherwise it is copied to the contiguous layout.
+  bool channels_last;
 };
 
 Tensor3 group_norm_fwd(const GroupNormBackend& backend, const at::Tensor& input,

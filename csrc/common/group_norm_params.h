@@ -2,10 +2,13 @@
 // (N, C, *) input, as plain data shared by the CPU and CUDA kernels, with a fused activation.
 // No torch header here.
 //
-// x is [N, C, HW] contiguous (HW = product of the dims after C). Group g of sample n is the
-// contiguous run of (C / G) * HW elements starting at (n * C + g * (C / G)) * HW: a row of the row
-// engine, with the affine parameters indexed by channel c = g * (C / G) + j / HW for element j of
-// the row.
+// x is [N, C, HW] contiguous (HW = product of the dims after C), or with channels_last set
+// [N, HW, C] contiguous (channels_last and channels_last_3d memory), every other [N, C, HW] array
+// of the call (y, dy, dx) in the same order. Contiguous: group g of sample n is the contiguous run
+// of (C / G) * HW elements starting at (n * C + g * (C / G)) * HW, a row of the row engine, with
+// the affine parameters indexed by channel c = g * (C / G) + j / HW for element j of the row.
+// Channels-last: each sample is an [HW, C] column problem, the statistics of a group merged from
+// those of its channels.
 //   z = (x - mean[n, g]) * rstd[n, g] * weight[c] + bias[c],  rstd = 1 / sqrt(var_biased + eps)
 //   y = act(z)
 // Statistics are accumulated in the opmath type (float; double for double x).
@@ -30,17 +33,20 @@ enum class Activation : int {
 };
 
 struct GroupNormFwdParams {
-  const void* x;       // [N, C, HW], x_dtype
+  const void* x;       // [N, C, HW] (or [N, HW, C]), x_dtype
   const void* weight;  // [C], param_dtype, or nullptr (1)
   const void* bias;    // [C], param_dtype, or nullptr (0)
-  void* y;             // [N, C, HW], x_dtype
+  void* y;             // [N, C, HW] (or [N, HW, C]), x_dtype
   void* mean;          // [N, G], opmath
   void* rstd;          // [N, G], opmath
+  void* workspace;     // group_norm_fwd_workspace_bytes(...) bytes, 16-byte aligned, any
+                       // contents (nullptr when that is 0)
   int64_t N;
   int64_t C;
   int64_t HW;
   int64_t G;           // C % G == 0
   double eps;
+  bool channels_last;  // x and y are [N, HW, C]
   DType x_dtype;
   DType param_dtype;   // ignored when weight == bias == nullptr
   Activation act;
@@ -52,13 +58,13 @@ struct GroupNormFwdParams {
 //   dweight[c] = sum over n, hw of dz * xhat,   dbias[c] = sum over n, hw of dz
 // The per-channel sums are reduced in a fixed order (deterministic, no float atomics).
 struct GroupNormBwdParams {
-  const void* dy;      // [N, C, HW], x_dtype
-  const void* x;       // [N, C, HW], x_dtype
+  const void* dy;      // [N, C, HW] (or [N, HW, C]), x_dtype
+  const void* x;       // [N, C, HW] (or [N, HW, C]), x_dtype
   const void* mean;    // [N, G], opmath
   const void* rstd;    // [N, G], opmath
   const void* weight;  // [C], param_dtype, or nullptr
   const void* bias;    // [C], param_dtype, or nullptr (needed to recompute z for an activation)
-  void* dx;            // [N, C, HW], x_dtype; nullptr: not wanted
+  void* dx;            // [N, C, HW] (or [N, HW, C]), x_dtype; nullptr: not wanted
   void* dweight;       // [C], param_dtype; nullptr: not wanted
   void* dbias;         // [C], param_dtype; nullptr: not wanted
   void* workspace;     // group_norm_bwd_workspace_bytes(...) bytes, 16-byte aligned, any contents
@@ -66,6 +72,7 @@ struct GroupNormBwdParams {
   int64_t C;
   int64_t HW;
   int64_t G;
+  bool channels_last;  // dy, x and dx are [N, HW, C]
   DType x_dtype;
   DType param_dtype;
   Activation act;

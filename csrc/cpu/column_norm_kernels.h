@@ -17,79 +17,6 @@ namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-// Applies an elementwise pass to the [A, C, B] array `s` whose per-channel coefficients are
-// coefs[n][c] (kCoefs arrays of [C] opmath values). By planes (column_reduce.h), each run of one
-// channel gets its coefficients broadcast; by rows, each column gets its channel's coefficients
-// from a row-long copy, so channels_last input is vectorised across channels.
-//   apply_chunk(i, count, k): the chunk of `count` elements at flat index i (count as in
-//     column_reduce), k[n][part] holding coefficient n of each lane.
-// Always inlined for the same reason as column_reduce.
-template <typename T, int kCoefs, typename ChunkF>
-C10_ALWAYS_INLINE void column_elementwise(
-    const ColumnShape& s, const std::array<std::vector<at::opmath_type<T>>, kCoefs>& coefs,
-    ChunkF&& apply_chunk) {
-  using C = Chunk<T>;
-  using acc_t = typename C::acc_t;
-  using AccVec = typename C::AccVec;
-  using Full = typename C::Full;
-  constexpr int64_t kVec = C::kSize;
-  constexpr int64_t kW = AccVec::size();
-  constexpr int kParts = C::kParts;
-  // Planes of a vector or more: an elementwise pass walks memory in order either way.
-  const ColumnLayout layout(s, kVec, kVec);
-  const int64_t total = s.A * s.C * s.B, B = s.B, CB = s.C * s.B;
-
-  if (!layout.by_rows) {
-    at::parallel_for(0, total, kMinPieceElements, [&](int64_t begin, int64_t end) {
-      int64_t plane = begin / B, c = plane % s.C;
-      for (int64_t i = begin; i < end; ++plane, c = c + 1 == s.C ? 0 : c + 1) {
-        const int64_t run_end = std::min(end, (plane + 1) * B);
-        AccVec k[kCoefs][kParts];
-        for (int n = 0; n < kCoefs; ++n) {
-          for (int part = 0; part < kParts; ++part) k[n][part] = AccVec(coefs[n][c]);
-        }
-        for (; i + kVec <= run_end; i += kVec) apply_chunk(i, Full(), k);
-        if (i < run_end) {
-          apply_chunk(i, run_end - i, k);
-          i = run_end;
-        }
-      }
-    });
-    return;
-  }
-
-  const int64_t row_len = layout.row_len;
-  // Per-column copies of the coefficients, each padded to whole chunks.
-  const int64_t padded_len = (row_len + kVec - 1) / kVec * kVec;
-  std::vector<acc_t> column_coefs(kCoefs * padded_len);
-  for (int n = 0; n < kCoefs; ++n) {
-    for (int64_t j = 0; j < row_len; ++j) {
-      column_coefs[n * padded_len + j] = coefs[n][(j % CB) / B];
-    }
-  }
-  const acc_t* col_k = column_coefs.data();
-  const int64_t rows = (total + row_len - 1) / row_len;  // the last one may be partial
-  at::parallel_for(0, rows, std::max<int64_t>(1, kMinPieceElements / row_len),
-                   [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      const int64_t base = row * row_len;
-      const int64_t len = std::min(row_len, total - base);
-      auto apply = [&](int64_t j, auto count) {
-        AccVec k[kCoefs][kParts];
-        for (int n = 0; n < kCoefs; ++n) {
-          for (int part = 0; part < kParts; ++part) {
-            k[n][part] = AccVec::loadu(col_k + n * padded_len + j + part * kW);
-          }
-        }
-        apply_chunk(base + j, count, k);
-      };
-      int64_t j = 0;
-      for (; j + kVec <= len; j += kVec) apply(j, Full());
-      if (j < len) apply(j, len - j);
-    }
-  });
-}
-
 template <typename acc_t>
 std::vector<acc_t> invstd_of(const void* var, int64_t C, double eps) {
   const acc_t* v = static_cast<const acc_t*>(var);
@@ -100,29 +27,15 @@ std::vector<acc_t> invstd_of(const void* var, int64_t C, double eps) {
 
 template <typename T>
 void column_norm_stats_typed(const ColumnStatsParams& p) {
-  using C = Chunk<T>;
-  using acc_t = typename C::acc_t;
-  using AccVec = typename C::AccVec;
+  using acc_t = at::opmath_type<T>;
   const T* x = static_cast<const T*>(p.x);
   acc_t* mean = static_cast<acc_t*>(p.mean);
   acc_t* var = static_cast<acc_t*>(p.var);
   // The shift of each channel: its first element x[0, c, 0].
   std::vector<acc_t> shift(p.shape.C);
   for (int64_t c = 0; c < p.shape.C; ++c) shift[c] = static_cast<acc_t>(x[c * p.shape.B]);
-  // Scalar math: d = x - shift; sum += d; sumsq += d * d
   column_reduce<WelfordAcc, T>(
-      p.shape, p.parallelism, p.workspace, shift.data(),
-      [&](int64_t i, auto count, const AccVec (&shift_vec)[C::kParts], AccVec (&sum)[C::kParts],
-          AccVec (&sumsq)[C::kParts]) {
-        AccVec d[C::kParts];
-        C::load(x + i, d, count);
-        for (int k = 0; k < C::kParts; ++k) d[k] = d[k] - shift_vec[k];
-        C::zero_tail(d, count);
-        for (int k = 0; k < C::kParts; ++k) {
-          sum[k] = sum[k] + d[k];
-          sumsq[k] = at::vec::fmadd(d[k], d[k], sumsq[k]);
-        }
-      },
+      p.shape, p.parallelism, p.workspace, {shift.data()}, shifted_sums_of(x),
       [&](int64_t c, const WelfordAcc::State& state) {
         mean[c] = static_cast<acc_t>(shift[c] + state.mean);
         const double biased_var = state.m2 / state.count;
@@ -181,9 +94,9 @@ void column_norm_bwd_reduce_typed(const ColumnNormBwdReduceParams& p) {
   // Scalar math: g = y <= 0 ? 0 : dy (or dy); sum_g += g; sum_gxmu += g * (x - mean)
   // (the lanes past a partial chunk's count load dy = 0, so they add nothing).
   column_reduce<SumAcc, T>(
-      p.shape, p.parallelism, p.workspace, static_cast<const acc_t*>(p.mean),
-      [&](int64_t i, auto count, const AccVec (&mean_vec)[C::kParts], AccVec (&sum_g)[C::kParts],
-          AccVec (&sum_gxmu)[C::kParts]) {
+      p.shape, p.parallelism, p.workspace, {static_cast<const acc_t*>(p.mean)},
+      [&](int64_t i, auto count, const AccVec (&mean_vec)[1][C::kParts],
+          AccVec (&sum_g)[C::kParts], AccVec (&sum_gxmu)[C::kParts]) {
         AccVec g[C::kParts], xv[C::kParts];
         C::load(dy + i, g, count);
         C::load(x + i, xv, count);
@@ -195,7 +108,7 @@ void column_norm_bwd_reduce_typed(const ColumnNormBwdReduceParams& p) {
         if constexpr (kStoreG) C::store(g_out + i, g, count);
         for (int k = 0; k < C::kParts; ++k) {
           sum_g[k] = sum_g[k] + g[k];
-          sum_gxmu[k] = at::vec::fmadd(g[k], xv[k] - mean_vec[k], sum_gxmu[k]);
+          sum_gxmu[k] = at::vec::fmadd(g[k], xv[k] - mean_vec[0][k], sum_gxmu[k]);
         }
       },
       [&](int64_t c, const SumAcc::State& state) {

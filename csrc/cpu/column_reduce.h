@@ -139,18 +139,21 @@ struct ColumnReducePlan {
 // per channel with the merged state.
 //   add_chunk(i, count, param, sum1, sum2): adds the chunk of `count` elements at flat index i
 //     (all of one channel by planes; consecutive columns by rows) into the vector sums, part by
-//     part; param[k] holds the channel parameter of each lane (below). count is Chunk<T>::Full
+//     part; param[n][k] holds channel parameter n of each lane (below). count is Chunk<T>::Full
 //     for a whole chunk, else a number below Chunk<T>::kSize: the last chunk of a plane or a row,
 //     whose other lanes must add nothing.
-// channel_param: [C] opmath values handed to the functor with each element's channel (the shift
-// of the statistics, the mean of the backward), or nullptr (0).
+// channel_params: kParams arrays of [C] opmath values handed to the functor with each element's
+// channel (the shift of the statistics, the mean of the backward, the affine coefficients that
+// recompute an activation's input), each of them nullptr for zeros.
 // workspace: plan.states partial states (Acc::State), 8-byte aligned.
 // Always inlined: called out of line, the lambdas' captures would be reached through the closure
 // pointer and reloaded after every vector store (the vector types may alias anything).
-template <typename Acc, typename T, typename ChunkF, typename FinishF>
-C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void* workspace,
-                                     const at::opmath_type<T>* channel_param, ChunkF&& add_chunk,
-                                     FinishF&& finish) {
+template <typename Acc, typename T, int kParams = 1, typename ChunkF, typename FinishF>
+C10_ALWAYS_INLINE void column_reduce(
+    const ColumnShape& s, int parallelism, void* workspace,
+    const std::array<const at::opmath_type<T>*, kParams>& channel_params, ChunkF&& add_chunk,
+    FinishF&& finish) {
+  static_assert(kParams >= 1, "pass {nullptr} for a functor without parameters");
   using C = Chunk<T>;
   using acc_t = typename C::acc_t;
   using AccVec = typename C::AccVec;
@@ -162,7 +165,9 @@ C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void
   const ColumnReducePlan plan(s, kVec, sizeof(T), parallelism);
   const int64_t B = s.B, CB = s.C * s.B;
   State* states = static_cast<State*>(workspace);
-  auto param_of = [&](int64_t c) { return channel_param ? channel_param[c] : acc_t(0); };
+  auto param_of = [&](int n, int64_t c) {
+    return channel_params[n] ? channel_params[n][c] : acc_t(0);
+  };
 
   if (!plan.layout.by_rows) {
     const int64_t slices = plan.slices, total = s.A * CB;
@@ -197,8 +202,10 @@ C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void
         int64_t i = total * slice / slices;
         int64_t plane = i / B, c = plane % s.C;
         while (i < end) {
-          AccVec param[kParts];
-          for (int k = 0; k < kParts; ++k) param[k] = AccVec(param_of(c));
+          AccVec param[kParams][kParts];
+          for (int n = 0; n < kParams; ++n) {
+            for (int k = 0; k < kParts; ++k) param[n][k] = AccVec(param_of(n, c));
+          }
           const int64_t plane_end = std::min(end, (plane + 1) * B);
           for (int64_t block_end; i < plane_end; i = block_end) {
             block_end = std::min(plane_end, i + kBlock);
@@ -221,15 +228,21 @@ C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void
     const int64_t row_len = plan.layout.row_len, rows = plan.rows;
     const int64_t slices = plan.slices, col_groups = plan.col_groups;
     const int64_t col_chunks = (row_len + kVec - 1) / kVec;
-    // Per-column copies of the channel parameter, padded to whole chunks.
-    std::vector<acc_t> column_param(col_chunks * kVec);
-    for (int64_t j = 0; j < row_len; ++j) column_param[j] = param_of((j % CB) / B);
-    const acc_t* col_param = column_param.data();
+    // Per-column copies of the channel parameters, each padded to whole chunks.
+    const int64_t padded_len = col_chunks * kVec;
+    std::vector<acc_t> column_params(kParams * padded_len);
+    for (int n = 0; n < kParams; ++n) {
+      for (int64_t j = 0; j < row_len; ++j) {
+        column_params[n * padded_len + j] = param_of(n, (j % CB) / B);
+      }
+    }
+    const acc_t* col_param = column_params.data();
     // A column tile: kTileChunks chunks side by side, their sums held in registers over the rows
     // of a sub-block (each sum its own chain). Wider tiles mean fewer passes over a sub-block:
-    // 8 vectors of parameters and two sums fill 24 of AVX-512's 32 registers, 4 vectors 12 of
-    // AVX2's 16.
-    constexpr int kTileVectors = Vectorized<float>::size() >= 16 ? 8 : 4;
+    // the tile's parameters and two sums fill 24 of AVX-512's 32 registers (8 vectors with one
+    // parameter), 12 of AVX2's 16.
+    constexpr int kTileRegisters = Vectorized<float>::size() >= 16 ? 24 : 12;
+    constexpr int kTileVectors = std::max(1, kTileRegisters / (kParams + 2));
     constexpr int kTileChunks = std::max(1, kTileVectors / kParts);
 
     at::parallel_for(0, slices * col_groups, 1, [&](int64_t piece_begin, int64_t piece_end) {
@@ -254,11 +267,13 @@ C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void
         // not whole, into the block sums.
         auto add_tile = [&](auto n_chunks, int64_t j, int64_t r0, int64_t r1, auto count) {
           constexpr int kN = decltype(n_chunks)::value;
-          AccVec param[kN][kParts], sum1[kN][kParts], sum2[kN][kParts];
+          AccVec param[kN][kParams][kParts], sum1[kN][kParts], sum2[kN][kParts];
           for (int n = 0; n < kN; ++n) {
             for (int k = 0; k < kParts; ++k) {
               const int64_t col = j + n * kVec + k * kW;
-              param[n][k] = AccVec::loadu(col_param + col);
+              for (int q = 0; q < kParams; ++q) {
+                param[n][q][k] = AccVec::loadu(col_param + q * padded_len + col);
+              }
               sum1[n][k] = AccVec::loadu(block_sum1 + col - col_begin);
               sum2[n][k] = AccVec::loadu(block_sum2 + col - col_begin);
             }
@@ -340,6 +355,115 @@ C10_ALWAYS_INLINE void column_reduce(const ColumnShape& s, int parallelism, void
       finish(c, total);
     }
   });
+}
+
+// The add_chunk of column_reduce<WelfordAcc, T> for the statistics of x, each channel shifted by
+// its one parameter (a value of the channel). Scalar math: d = x - shift; sum += d; sumsq += d * d
+template <typename T>
+auto shifted_sums_of(const T* x) {
+  using C = Chunk<T>;
+  using AccVec = typename C::AccVec;
+  return [x](int64_t i, auto count, const AccVec (&shift)[1][C::kParts], AccVec (&sum)[C::kParts],
+             AccVec (&sumsq)[C::kParts]) {
+    AccVec d[C::kParts];
+    C::load(x + i, d, count);
+    for (int k = 0; k < C::kParts; ++k) d[k] = d[k] - shift[0][k];
+    C::zero_tail(d, count);
+    for (int k = 0; k < C::kParts; ++k) {
+      sum[k] = sum[k] + d[k];
+      sumsq[k] = at::vec::fmadd(d[k], d[k], sumsq[k]);
+    }
+  };
+}
+
+// Applies an elementwise pass to the [A, C, B] array `s` whose per-channel coefficients are
+// coefs[n][c] (kCoefs arrays of [C] opmath values). By planes (column_reduce.h), each run of one
+// channel gets its coefficients broadcast; by rows, each column gets its channel's coefficients
+// from a row-long copy, so channels_last input is vectorised across channels.
+//   apply_chunk(i, count, k): the chunk of `count` elements at flat index i (count as in
+//     column_reduce), k[n][part] holding coefficient n of each lane.
+// Always inlined for the same reason as column_reduce.
+template <typename T, int kCoefs, typename ChunkF>
+C10_ALWAYS_INLINE void column_elementwise(
+    const ColumnShape& s, const std::array<std::vector<at::opmath_type<T>>, kCoefs>& coefs,
+    ChunkF&& apply_chunk) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Full = typename C::Full;
+  constexpr int64_t kVec = C::kSize;
+  constexpr int64_t kW = AccVec::size();
+  constexpr int kParts = C::kParts;
+  // Planes of a vector or more: an elementwise pass walks memory in order either way.
+  const ColumnLayout layout(s, kVec, kVec);
+  const int64_t total = s.A * s.C * s.B, B = s.B, CB = s.C * s.B;
+
+  if (!layout.by_rows) {
+    at::parallel_for(0, total, kMinPieceElements, [&](int64_t begin, int64_t end) {
+      int64_t plane = begin / B, c = plane % s.C;
+      for (int64_t i = begin; i < end; ++plane, c = c + 1 == s.C ? 0 : c + 1) {
+        const int64_t run_end = std::min(end, (plane + 1) * B);
+        AccVec k[kCoefs][kParts];
+        for (int n = 0; n < kCoefs; ++n) {
+          for (int part = 0; part < kParts; ++part) k[n][part] = AccVec(coefs[n][c]);
+        }
+        for (; i + kVec <= run_end; i += kVec) apply_chunk(i, Full(), k);
+        if (i < run_end) {
+          apply_chunk(i, run_end - i, k);
+          i = run_end;
+        }
+      }
+    });
+    return;
+  }
+
+  const int64_t row_len = layout.row_len;
+  // Per-column copies of the coefficients, each padded to whole chunks.
+  const int64_t padded_len = (row_len + kVec - 1) / kVec * kVec;
+  std::vector<acc_t> column_coefs(kCoefs * padded_len);
+  for (int n = 0; n < kCoefs; ++n) {
+    for (int64_t j = 0; j < row_len; ++j) {
+      column_coefs[n * padded_len + j] = coefs[n][(j % CB) / B];
+    }
+  }
+  const acc_t* col_k = column_coefs.data();
+  const int64_t rows = (total + row_len - 1) / row_len;  // the last one may be partial
+  at::parallel_for(0, rows, std::max<int64_t>(1, kMinPieceElements / row_len),
+                   [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const int64_t base = row * row_len;
+      const int64_t len = std::min(row_len, total - base);
+      auto apply = [&](int64_t j, auto count) {
+        AccVec k[kCoefs][kParts];
+        for (int n = 0; n < kCoefs; ++n) {
+          for (int part = 0; part < kParts; ++part) {
+            k[n][part] = AccVec::loadu(col_k + n * padded_len + j + part * kW);
+          }
+        }
+        apply_chunk(base + j, count, k);
+      };
+      int64_t j = 0;
+      for (; j + kVec <= len; j += kVec) apply(j, Full());
+      if (j < len) apply(j, len - j);
+    }
+  });
+}
+
+// The column sums of a [rows, width] opmath array (the weight-gradient partials of the row and
+// group norms: one channel per column), into totals[width], in a fixed order. workspace:
+// column_reduce_bytes<acc_t, SumAcc::State>({rows, width, 1}, parallelism) bytes.
+template <typename acc_t>
+void column_totals(const acc_t* partials, int64_t rows, int64_t width, int parallelism,
+                   void* workspace, acc_t* totals) {
+  using AccVec = Vectorized<acc_t>;
+  column_reduce<SumAcc, acc_t>(
+      {rows, width, 1}, parallelism, workspace, {nullptr},
+      [&](int64_t i, auto count, const AccVec (&)[1][1], AccVec (&sum)[1], AccVec (&)[1]) {
+        AccVec partial[1];
+        Chunk<acc_t>::load(partials + i, partial, count);
+        sum[0] = sum[0] + partial[0];
+      },
+      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
 }
 
 // Workspace bytes column_reduce needs for `s` with accumulator state `State`.

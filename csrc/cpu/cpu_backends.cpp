@@ -101,19 +101,22 @@ const ColumnNormBackend& column_norm_backend() {
   return backend;
 }
 
+// The CPU forward keeps its few partial states on the stack and heap of its threads.
+size_t no_group_norm_fwd_workspace(const GroupNormFwdParams&) { return 0; }
+
 GroupNormBackend make_group_norm_backend() {
   switch (cpu_capability()) {
 #if defined(__x86_64__) && defined(__GNUC__)
     case Capability::kAvx512:
-      return {AVX512::group_norm_fwd, AVX512::group_norm_bwd,
-              AVX512::group_norm_bwd_workspace_bytes, cpu_threads};
+      return {AVX512::group_norm_fwd, AVX512::group_norm_bwd, no_group_norm_fwd_workspace,
+              AVX512::group_norm_bwd_workspace_bytes, cpu_threads, /*channels_last=*/true};
     case Capability::kAvx2:
-      return {AVX2::group_norm_fwd, AVX2::group_norm_bwd, AVX2::group_norm_bwd_workspace_bytes,
-              cpu_threads};
+      return {AVX2::group_norm_fwd, AVX2::group_norm_bwd, no_group_norm_fwd_workspace,
+              AVX2::group_norm_bwd_workspace_bytes, cpu_threads, /*channels_last=*/true};
 #endif
     default:
-      return {DEFAULT::group_norm_fwd, DEFAULT::group_norm_bwd,
-              DEFAULT::group_norm_bwd_workspace_bytes, cpu_threads};
+      return {DEFAULT::group_norm_fwd, DEFAULT::group_norm_bwd, no_group_norm_fwd_workspace,
+              DEFAULT::group_norm_bwd_workspace_bytes, cpu_threads, /*channels_last=*/true};
   }
 }
 

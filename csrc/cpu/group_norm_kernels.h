@@ -7,8 +7,13 @@
 // row channel by channel: each channel is a run of HW elements with one scale and bias, vectorized
 // along the run with a masked final chunk, so that the activation has only a vector form.
 //
-// Contract (csrc/common/group_norm_params.h): N * C * HW > 0 and all arrays contiguous. The three
-// entry points at the bottom are defined (not inline) in each capability's namespace.
+// Channels-last input ([N, HW, C]) is a column problem per sample instead: column_reduce gives
+// each channel's statistics (or backward sums) over the HW rows, vectorised across channels, and
+// column_elementwise the normalize (or dx) pass, with per-channel coefficients.
+//
+// Contract (csrc/common/group_norm_params.h): N * C * HW > 0 and all arrays contiguous (in their
+// layout). The three entry points at the bottom are defined (not inline) in each capability's
+// namespace.
 #pragma once
 
 #include "activation.h"
@@ -174,6 +179,37 @@ constexpr int64_t kDzCacheBytes = 512 << 10;
 // each channel, then sum_hw dz: the dweight/dbias totals are its column sums (column_reduce.h).
 inline ColumnShape channel_sums_shape(const GroupNormBwdParams& p) { return {p.N, 2 * p.C, 1}; }
 
+// The two coefficients of dx that are constant over group g of a sample, from its channel sums
+// ([2C]: sum dz * xhat per channel, then sum dz), with the group means m1 = mean(w * dz) and
+// m2 = mean(w * dz * xhat) over its L elements:
+//   dx = rstd * (w[c] * dz - m1 - xhat * m2) = dz * (rstd * w[c]) + xmu * xmu_coef + dx_shift,
+//   xmu_coef = -rstd^2 * m2,  dx_shift = -rstd * m1
+template <typename acc_t>
+std::pair<acc_t, acc_t> group_dx_coefs(const acc_t* weight, const acc_t* channel_sums, int64_t C,
+                                       int64_t g, int64_t D, int64_t L, acc_t rstd) {
+  double w_dz_xhat_sum = 0, w_dz_sum = 0;
+  for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+    w_dz_xhat_sum += static_cast<double>(weight[c]) * channel_sums[c];
+    w_dz_sum += static_cast<double>(weight[c]) * channel_sums[C + c];
+  }
+  const double rstd_d = rstd;
+  return {static_cast<acc_t>(-rstd_d * rstd_d * w_dz_xhat_sum / L),
+          static_cast<acc_t>(-rstd_d * w_dz_sum / L)};
+}
+
+// dweight and dbias from the [N, 2C] channel sums at the start of the workspace: their sums over
+// the batch, in a fixed order (the partial states after the channel sums).
+template <typename acc_t>
+void group_norm_param_grads(const GroupNormBwdParams& p) {
+  if (!p.dweight && !p.dbias) return;
+  acc_t* channel_sums = static_cast<acc_t*>(p.workspace);
+  std::vector<acc_t> totals(2 * p.C);
+  column_totals(channel_sums, p.N, 2 * p.C, p.parallelism, channel_sums + p.N * 2 * p.C,
+                totals.data());
+  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, p.C);
+  if (p.dbias) acc_to_params(totals.data() + p.C, p.dbias, p.param_dtype, p.C);
+}
+
 template <typename T, Activation kAct>
 void group_norm_bwd_typed(const GroupNormBwdParams& p) {
   using C = Chunk<T>;
@@ -241,15 +277,10 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
   auto dx_walk = [&](int64_t row, int64_t c_begin, int64_t c_end, const acc_t* dz_cache) {
     const int64_t n = row / G, g = row % G;
     const acc_t mean = mean_in[row], rstd = rstd_in[row];
-    double w_dz_xhat_sum = 0, w_dz_sum = 0;
-    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-      w_dz_xhat_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + c];
-      w_dz_sum += static_cast<double>(weight[c]) * channel_sums[n * 2 * p.C + p.C + c];
-    }
-    const double rstd_d = rstd;
+    const auto [xmu_coef_s, dx_shift_s] =
+        group_dx_coefs(weight.data(), channel_sums + n * 2 * p.C, p.C, g, D, L, rstd);
     const AccVec mean_vec(mean);
-    const AccVec xmu_coef(static_cast<acc_t>(-rstd_d * rstd_d * w_dz_xhat_sum / L));
-    const AccVec dx_shift(static_cast<acc_t>(-rstd_d * w_dz_sum / L));
+    const AccVec xmu_coef(xmu_coef_s), dx_shift(dx_shift_s);
     for (int64_t cl = c_begin; cl < c_end; ++cl) {
       const int64_t c = g * D + cl;
       const AccVec scale(rstd * weight[c]), shift(bias[c]);
@@ -302,19 +333,177 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
     }
   }
 
-  if (!p.dweight && !p.dbias) return;
-  // Sums over the batch of the [N, 2C] channel sums, in a fixed order (deterministic).
-  std::vector<acc_t> totals(2 * p.C);
-  column_reduce<SumAcc, acc_t>(
-      channel_sums_shape(p), p.parallelism, channel_sums + p.N * 2 * p.C, nullptr,
-      [&](int64_t i, auto count, const AccVec (&)[1], AccVec (&sum)[1], AccVec (&)[1]) {
-        AccVec partial[1];
-        Chunk<acc_t>::load(channel_sums + i, partial, count);
-        sum[0] = sum[0] + partial[0];
-      },
-      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
-  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, p.C);
-  if (p.dbias) acc_to_params(totals.data() + p.C, p.dbias, p.param_dtype, p.C);
+  group_norm_param_grads<acc_t>(p);
+}
+
+// Runs f(n, threads, workspace) for each sample n of a channels-last problem, workspace holding
+// the partial states (State) of column_reduce over the sample's [HW, C, 1] array with `threads`.
+// With at least as many samples as threads, samples run concurrently, one thread each (the
+// at::parallel_for regions inside f then run inline); otherwise one after another, each on all
+// threads.
+template <typename T, typename State, typename F>
+void for_each_sample(int64_t N, const ColumnShape& sample, int parallelism, F&& f) {
+  const int threads = std::max(1, parallelism);
+  const int sample_threads = N >= threads ? 1 : threads;
+  const size_t states = column_reduce_bytes<T, State>(sample, sample_threads) / sizeof(State);
+  if (sample_threads == 1) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<State> workspace(states);
+      for (int64_t n = begin; n < end; ++n) f(n, 1, workspace.data());
+    });
+    return;
+  }
+  std::vector<State> workspace(states);
+  for (int64_t n = 0; n < N; ++n) f(n, sample_threads, workspace.data());
+}
+
+template <typename T, Activation kAct>
+void group_norm_fwd_channels_last_typed(const GroupNormFwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Act = ActivationMath<kAct>;
+  const int64_t channels = p.C, G = p.G, D = channels / G, HW = p.HW;
+  const ColumnShape sample{HW, channels, 1};
+  const T* x = static_cast<const T*>(p.x);  // [N, HW, C]
+  T* y = static_cast<T*>(p.y);              // [N, HW, C]
+  acc_t* mean_out = static_cast<acc_t*>(p.mean);  // [N, G]
+  acc_t* rstd_out = static_cast<acc_t*>(p.rstd);  // [N, G]
+  const std::vector<acc_t> weight = params_or<acc_t>(p.weight, p.param_dtype, channels, 1);
+  const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, channels, 0);
+
+  for_each_sample<T, WelfordAcc::State>(p.N, sample, p.parallelism, [&](int64_t n, int threads,
+                                                                         void* workspace) {
+    const T* xn = x + n * HW * channels;
+    T* yn = y + n * HW * channels;
+    // Each channel's statistics, shifted by its first element (exact far from zero), then each
+    // group's: its channels' states merged with Chan's formula, in channel order.
+    std::vector<acc_t> shift(channels);
+    for (int64_t c = 0; c < channels; ++c) shift[c] = static_cast<acc_t>(xn[c]);
+    std::vector<WelfordAcc::State> channel_stats(channels);
+    column_reduce<WelfordAcc, T>(sample, threads, workspace, {shift.data()}, shifted_sums_of(xn),
+                                 [&](int64_t c, const WelfordAcc::State& state) {
+                                   channel_stats[c] = {state.count, shift[c] + state.mean,
+                                                       state.m2};
+                                 });
+    // Coefficients of the normalize pass: the group's mean, rstd * w[c], b[c].
+    std::array<std::vector<acc_t>, 3> coefs;
+    for (auto& coef : coefs) coef.resize(channels);
+    for (int64_t g = 0; g < G; ++g) {
+      WelfordAcc::State group;
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) WelfordAcc::merge(group, channel_stats[c]);
+      const double var = group.m2 / group.count;
+      const acc_t mean = static_cast<acc_t>(group.mean);
+      const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt((var < 0 ? 0.0 : var) + p.eps));
+      mean_out[n * G + g] = mean;
+      rstd_out[n * G + g] = rstd;
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+        coefs[0][c] = mean;
+        coefs[1][c] = rstd * weight[c];
+        coefs[2][c] = bias[c];
+      }
+    }
+    // Scalar math: y = act((x - mean) * scale + b[c])
+    column_elementwise<T, 3>(sample, coefs,
+                             [&](int64_t i, auto count, const AccVec (&k)[3][C::kParts]) {
+      AccVec v[C::kParts];
+      C::load(xn + i, v, count);
+      for (int part = 0; part < C::kParts; ++part) {
+        v[part] = Act::fwd(at::vec::fmadd(v[part] - k[0][part], k[1][part], k[2][part]));
+      }
+      C::store(yn + i, v, count);
+    });
+  });
+}
+
+template <typename T, Activation kAct>
+void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
+  using C = Chunk<T>;
+  using acc_t = typename C::acc_t;
+  using AccVec = typename C::AccVec;
+  using Act = ActivationMath<kAct>;
+  // Without an activation dz = dy, and only the mean is needed to walk the sums; with one, z is
+  // recomputed from the affine coefficients too.
+  constexpr int kParams = kAct == Activation::kNone ? 1 : 3;
+  const int64_t channels = p.C, G = p.G, D = channels / G, HW = p.HW, L = D * HW;
+  const ColumnShape sample{HW, channels, 1};
+  const T* x = static_cast<const T*>(p.x);    // [N, HW, C]
+  const T* dy = static_cast<const T*>(p.dy);  // [N, HW, C]
+  T* dx = static_cast<T*>(p.dx);              // [N, HW, C] or nullptr
+  const acc_t* mean_in = static_cast<const acc_t*>(p.mean);  // [N, G]
+  const acc_t* rstd_in = static_cast<const acc_t*>(p.rstd);  // [N, G]
+  acc_t* channel_sums = static_cast<acc_t*>(p.workspace);    // [N, 2C]
+  const std::vector<acc_t> weight = params_or<acc_t>(p.weight, p.param_dtype, channels, 1);
+  const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, channels, 0);
+
+  for_each_sample<T, SumAcc::State>(p.N, sample, p.parallelism, [&](int64_t n, int threads,
+                                                                    void* workspace) {
+    const int64_t offset = n * HW * channels;
+    acc_t* sums = channel_sums + n * 2 * channels;
+    // Per channel: the group's mean, rstd * w[c], b[c] (z = (x - mean) * scale + b[c]), then the
+    // two coefficients of dx (group_dx_coefs).
+    std::array<std::vector<acc_t>, 5> coefs;
+    for (auto& coef : coefs) coef.resize(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      coefs[0][c] = mean_in[n * G + c / D];
+      coefs[1][c] = rstd_in[n * G + c / D] * weight[c];
+      coefs[2][c] = bias[c];
+    }
+    std::array<const acc_t*, kParams> params;
+    for (int q = 0; q < kParams; ++q) params[q] = coefs[q].data();
+    // Scalar math: dz = dy * act'(z); sums[c] = sum_hw dz * xhat, sums[C + c] = sum_hw dz
+    column_reduce<SumAcc, T, kParams>(
+        sample, threads, workspace, params,
+        [&](int64_t i, auto count, const AccVec (&k)[kParams][C::kParts],
+            AccVec (&dz_xmu_acc)[C::kParts], AccVec (&dz_acc)[C::kParts]) {
+          AccVec xv[C::kParts], dz[C::kParts];
+          C::load(x + offset + i, xv, count);
+          C::load(dy + offset + i, dz, count);
+          for (int part = 0; part < C::kParts; ++part) {
+            xv[part] = xv[part] - k[0][part];
+            if constexpr (kAct != Activation::kNone) {
+              dz[part] = Act::grad(at::vec::fmadd(xv[part], k[1][part], k[2][part]), dz[part]);
+            }
+          }
+          // The lanes past a partial chunk load dy = 0, but act'(z) of their made-up z need not
+          // be finite.
+          C::zero_tail(dz, count);
+          for (int part = 0; part < C::kParts; ++part) {
+            dz_xmu_acc[part] = at::vec::fmadd(dz[part], xv[part], dz_xmu_acc[part]);
+            dz_acc[part] = dz_acc[part] + dz[part];
+          }
+        },
+        [&](int64_t c, const SumAcc::State& state) {
+          sums[c] = static_cast<acc_t>(state.sum1 * rstd_in[n * G + c / D]);
+          sums[channels + c] = static_cast<acc_t>(state.sum2);
+        });
+    if (!dx) return;
+    for (int64_t g = 0; g < G; ++g) {
+      const auto [xmu_coef, dx_shift] =
+          group_dx_coefs(weight.data(), sums, channels, g, D, L, rstd_in[n * G + g]);
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+        coefs[3][c] = xmu_coef;
+        coefs[4][c] = dx_shift;
+      }
+    }
+    // Scalar math: dx = dz * scale + xmu * xmu_coef + dx_shift
+    column_elementwise<T, 5>(sample, coefs,
+                             [&](int64_t i, auto count, const AccVec (&k)[5][C::kParts]) {
+      AccVec xv[C::kParts], dz[C::kParts];
+      C::load(x + offset + i, xv, count);
+      C::load(dy + offset + i, dz, count);
+      for (int part = 0; part < C::kParts; ++part) {
+        xv[part] = xv[part] - k[0][part];
+        if constexpr (kAct != Activation::kNone) {
+          dz[part] = Act::grad(at::vec::fmadd(xv[part], k[1][part], k[2][part]), dz[part]);
+        }
+        xv[part] = at::vec::fmadd(dz[part], k[1][part],
+                                  at::vec::fmadd(xv[part], k[3][part], k[4][part]));
+      }
+      C::store(dx + offset + i, xv, count);
+    });
+  });
+  group_norm_param_grads<acc_t>(p);
 }
 
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
@@ -333,7 +522,13 @@ size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
 void group_norm_fwd(const GroupNormFwdParams& p) {
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
     dispatch_activation(p.act, [&](auto act) {
-      group_norm_fwd_typed<decltype(tag), decltype(act)::value>(p);
+      using T = decltype(tag);
+      constexpr Activation kAct = decltype(act)::value;
+      if (p.channels_last) {
+        group_norm_fwd_channels_last_typed<T, kAct>(p);
+      } else {
+        group_norm_fwd_typed<T, kAct>(p);
+      }
     });
   });
 }
@@ -341,7 +536,13 @@ void group_norm_fwd(const GroupNormFwdParams& p) {
 void group_norm_bwd(const GroupNormBwdParams& p) {
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
     dispatch_activation(p.act, [&](auto act) {
-      group_norm_bwd_typed<decltype(tag), decltype(act)::value>(p);
+      using T = decltype(tag);
+      constexpr Activation kAct = decltype(act)::value;
+      if (p.channels_last) {
+        group_norm_bwd_channels_last_typed<T, kAct>(p);
+      } else {
+        group_norm_bwd_typed<T, kAct>(p);
+      }
     });
   });
 }

@@ -264,14 +264,7 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
   if (!want_param_grads) return;
   // The partials as a [chunks, 2N] column problem: one channel per dweight/dbias entry.
   std::vector<acc_t> totals(2 * N);
-  column_reduce<SumAcc, acc_t>(
-      param_partials_shape(p), p.sm_count, partials + chunks * 2 * N, nullptr,
-      [&](int64_t i, auto count, const AccVec (&)[1], AccVec (&sum)[1], AccVec (&)[1]) {
-        AccVec partial[1];
-        Chunk<acc_t>::load(partials + i, partial, count);
-        sum[0] = sum[0] + partial[0];
-      },
-      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
+  column_totals(partials, chunks, 2 * N, p.sm_count, partials + chunks * 2 * N, totals.data());
   if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
   if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
 }

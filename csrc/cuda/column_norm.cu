@@ -205,38 +205,6 @@ __device__ __forceinline__ void step_backward(const PlaneWalk& w, PlaneCursor& p
 
 // ---- statistics ----
 template <typename T, int kVecT>
-struct StatsRowsOp {
-  using Acc = opmath_t<T>;
-  using Value = Acc;
-  using State = Welford<Acc>;
-  using ThreadState = WelfordColumns<Acc, kVecT>;
-  using Loaded = vec_t<T, kVecT>;
-  static constexpr int kVec = kVecT;
-  static constexpr int kUnroll = kUnrollOf<T, kVec, 2, sizeof(T) == 2 ? 8 : 4>;
-  const T* x;  // [A, C]
-  int64_t C;
-
-  __device__ __forceinline__ ThreadState init(int64_t) const { return ThreadState{}; }
-  __device__ __forceinline__ Loaded load(int64_t row, int64_t col) const {
-    Loaded v;
-    v.load(x + row * C + col);
-    return v;
-  }
-  template <int kU>
-  __device__ __forceinline__ void accumulate(ThreadState& ts, const Loaded (&l)[kU], int n, int64_t,
-                                             int64_t, int64_t) const {
-    Acc v[kU][kVec];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) v[u][j] = u < n ? to_opmath(l[u][j]) : Acc(0);
-    }
-    ts.add_rows(v, n);
-  }
-  __device__ __forceinline__ State column(const ThreadState& ts, int j) const { return ts.column(j); }
-};
-
-template <typename T, int kVecT>
 struct StatsPlanesOp {
   using Acc = opmath_t<T>;
   using Value = Acc;
@@ -708,7 +676,7 @@ cudaError_t column_stats(const ColumnStatsParams& p, cudaStream_t stream) {
     const T* x = static_cast<const T*>(p.x);
     return dispatch_vec<T>(vec, [&](auto vec_tag) {
       constexpr int kVec = decltype(vec_tag)::value;
-      return run_reduction(L, p.shape, StatsRowsOp<T, kVec>{x, p.shape.C},
+      return run_reduction(L, p.shape, WelfordRowsOp<T, kVec>{x, p.shape.C},
                            StatsPlanesOp<T, kVec>{x}, static_cast<Acc*>(p.workspace), store, stream);
     });
   });

@@ -181,11 +181,14 @@ inline dim3 column_rows_block(int64_t col_vecs) {
   return dim3(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
 }
 
-// Per-slice partials of a reduction over the rows of a row-major [rows, cols] problem.
-// Launch: block column_rows_block(cols / Op::kVec), grid (ceil(cols / kVec / block.x), S).
-// Thread (x, y) of block (bx, s) owns columns col..col+kVec (col = (bx * block.x + x) * kVec) and
-// rows r0 + y, r0 + y + block.y, ... of slice s; it loads kUnroll rows before accumulating them,
-// the block merges over y, and row y == 0 writes partials[s, k, col + j].
+// Per-slice partials of a reduction over the rows of a row-major [rows, cols] problem, or of
+// grid.z such problems stacked (problem z is rows [z * rows, (z + 1) * rows) of the array: one per
+// sample of a channels-last GroupNorm).
+// Launch: block column_rows_block(cols / Op::kVec), grid (ceil(cols / kVec / block.x), S, Z).
+// Thread (x, y) of block (bx, s, z) owns columns col..col+kVec (col = (bx * block.x + x) * kVec)
+// and rows r0 + y, r0 + y + block.y, ... of slice s of problem z (rows as indices into the whole
+// array); it loads kUnroll rows before accumulating them, the block merges over y, and row y == 0
+// writes partials[z * S + s, k, col + j].
 // Op (a small struct of pointers, passed by value):
 //   kVec; Value (opmath); State (per column); ThreadState; Loaded (one row's kVec values)
 //   ThreadState init(col) const
@@ -196,14 +199,18 @@ inline dim3 column_rows_block(int64_t col_vecs) {
 template <typename Op, int kUnroll>
 __global__ void __launch_bounds__(kColumnRowsThreads, kColumnMinBlocksPerSm)
     column_rows_partials_kernel(const Op op, int64_t rows, int64_t cols,
-                                typename Op::Value* partials /* [S, K, cols] */) {
+                                typename Op::Value* partials /* [Z * S, K, cols] */) {
   constexpr int kVec = Op::kVec;
   using State = typename Op::State;
   using Traits = StateTraits<State>;
   __shared__ State scratch[kColumnRowsThreads / 2][kVec];
   const int64_t col = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
   const bool active = col < cols;
-  const SliceRange range = slice_range(rows, gridDim.y, blockIdx.y);
+  const int64_t problem_row0 = int64_t(blockIdx.z) * rows;
+  SliceRange range = slice_range(rows, gridDim.y, blockIdx.y);
+  range.begin += problem_row0;
+  range.end += problem_row0;
+  const int64_t slot = int64_t(blockIdx.z) * gridDim.y + blockIdx.y;
   const int64_t row_step = blockDim.y;
 
   typename Op::ThreadState ts = op.init(active ? col : 0);
@@ -229,12 +236,47 @@ __global__ void __launch_bounds__(kColumnRowsThreads, kColumnMinBlocksPerSm)
   if (threadIdx.y == 0 && active) {
 #pragma unroll
     for (int k = 0; k < Traits::kFields; ++k) {
-      typename Op::Value* out = partials + (int64_t(blockIdx.y) * Traits::kFields + k) * cols + col;
+      typename Op::Value* out = partials + (slot * Traits::kFields + k) * cols + col;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) out[j] = Traits::get(st[j], k);
     }
   }
 }
+
+// The Op of column_rows_partials_kernel for each column's Welford statistics of a row-major
+// [rows, C] array (BatchNorm on channels-last input, channels-last GroupNorm per sample).
+template <typename T, int kVecT>
+struct WelfordRowsOp {
+  using Acc = opmath_t<T>;
+  using Value = Acc;
+  using State = Welford<Acc>;
+  using ThreadState = WelfordColumns<Acc, kVecT>;
+  using Loaded = vec_t<T, kVecT>;
+  static constexpr int kVec = kVecT;
+  // Loads in flight per thread: 2 vectors, or 8 (half types) / 4 scalars.
+  static constexpr int kUnroll = kVec == 1 ? (sizeof(T) == 2 ? 8 : 4) : 2;
+  const T* x;  // [rows, C]
+  int64_t C;
+
+  __device__ __forceinline__ ThreadState init(int64_t) const { return ThreadState{}; }
+  __device__ __forceinline__ Loaded load(int64_t row, int64_t col) const {
+    Loaded v;
+    v.load(x + row * C + col);
+    return v;
+  }
+  template <int kU>
+  __device__ __forceinline__ void accumulate(ThreadState& ts, const Loaded (&l)[kU], int n, int64_t,
+                                             int64_t, int64_t) const {
+    Acc v[kU][kVec];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[u][j] = u < n ? to_opmath(l[u][j]) : Acc(0);
+    }
+    ts.add_rows(v, n);
+  }
+  __device__ __forceinline__ State column(const ThreadState& ts, int j) const { return ts.column(j); }
+};
 
 // ---- fixed-order merge of partials ------------------------------------------------------------
 // A block covers 32 columns (one coalesced 128-byte row of each field) and merges their S

@@ -19,6 +19,13 @@
 //   dx      elementwise dx = rstd * (w * dz - mean_g(w * dz) - xhat * mean_g(w * dz * xhat)),
 //           walking memory backward so its first reads hit what the plane pass left in L2;
 //   merge   dweight / dbias: column_merge_kernel over the N * parts partial rows (fixed order).
+// Channels-last input ([N, HW, C]) is a column problem per sample, reduced through
+// column_reduce.cuh's column_rows_partials_kernel with one grid.z problem per sample:
+//   forward   Welford partials per (sample, row slice, channel) [N * parts, 3, C]; cl_stats merges
+//             each group's parts x C/G states (one warp per row (n, g)); cl_fwd normalizes,
+//             vectorized across channels;
+//   backward  the plane sums' layout [N * parts, 2, C] from the same partials kernel, then the
+//             coef and merge kernels above unchanged, and the dx kernel with per-element channels.
 // Every reduction has a fixed order: results are bitwise reproducible, no atomics.
 #include "group_norm_kernels.h"
 
@@ -61,6 +68,15 @@ struct GroupGeometry {
   __device__ __forceinline__ int64_t row_of(int64_t e) const {
     return tensor_index32 ? int64_t(uint32_t(e) / uint32_t(L)) : e / L;
   }
+  // Channels-last ([N, HW, C]): channel and row (n, g) of element e of the whole tensor.
+  __device__ __forceinline__ int64_t cl_channel(int64_t e) const {
+    return tensor_index32 ? int64_t(uint32_t(e) % uint32_t(C)) : e % C;
+  }
+  __device__ __forceinline__ int64_t cl_row(int64_t e, int64_t c) const {
+    const int64_t sample_elems = G * L;  // HW * C
+    const int64_t n = tensor_index32 ? int64_t(uint32_t(e) / uint32_t(sample_elems)) : e / sample_elems;
+    return n * G + c / Cg;
+  }
 };
 
 GroupGeometry make_geometry(int64_t N, int64_t C, int64_t HW, int64_t G) {
@@ -93,12 +109,15 @@ struct FwdArgs {
   Acc* rstd;   // [rows]
   GroupGeometry geo;
   Acc eps;
+  // Channels-last only: the Welford partials [N * parts, 3, C] (column_reduce.cuh layout).
+  Acc* partials;
+  int64_t parts;
 };
 
 template <typename T, typename P>
 struct BwdArgs {
   using Acc = opmath_t<T>;
-  const T* dy;      // [rows, L] = [N, C, HW]
+  const T* dy;      // [rows, L] = [N, C, HW] (channels-last: [N, HW, C])
   const T* x;       // [rows, L]
   const Acc* mean;  // [rows] = [N, G]
   const Acc* rstd;  // [rows]
@@ -106,7 +125,8 @@ struct BwdArgs {
   const P* b;       // [C] or nullptr
   T* dx;            // [rows, L] or nullptr
   // [N * parts, 2, C]: for sample n and plane part p (row n * parts + p), field 0 the sum of
-  // dz * xhat, field 1 the sum of dz over that part of plane (n, c).
+  // dz * xhat, field 1 the sum of dz over that part of plane (n, c) (channels-last: over row
+  // slice p of sample n).
   Acc* plane_sums;
   Acc* row_coef;    // [rows, 2]: mean_g(w * dz), mean_g(w * dz * xhat)
   GroupGeometry geo;
@@ -217,6 +237,25 @@ int64_t plane_parts(int64_t N, int64_t C, int64_t HW, int sm_count) {
   const int64_t target_warps = int64_t(std::max(sm_count, 1)) * kPlaneTargetWarpsPerSm;
   const int64_t by_fill = std::min(ceil_div(target_warps, planes), ceil_div(HW, kPlaneMinPartElems));
   return std::max<int64_t>({by_length, by_fill, 1});
+}
+
+// Channels-last: row slices per sample of the [HW, C] column problems. Enough blocks for
+// kClTargetWaves waves of kColumnMinBlocksPerSm per SM, but each thread summing at least
+// kClMinRowsPerThread rows: with fewer, the partials' writes and merges cost more than the loads
+// they spread. Sized for the vector width V whether or not the vector path runs (the workspace
+// is sized before the pointers' alignment is known to the kernels).
+constexpr int64_t kClTargetWaves = 2;
+constexpr int64_t kClMinRowsPerThread = 8;
+// grid.y and grid.z limits of the partials kernel: more samples are launched in batches.
+constexpr int64_t kMaxGridYZ = 65535;
+
+int64_t cl_parts(int64_t N, int64_t C, int64_t HW, int vec, int sm_count) {
+  const dim3 block = column_rows_block(ceil_div(C, int64_t(vec)));
+  const int64_t col_blocks = ceil_div(ceil_div(C, int64_t(vec)), int64_t(block.x));
+  const int64_t target = int64_t(std::max(sm_count, 1)) * kColumnMinBlocksPerSm * kClTargetWaves;
+  const int64_t by_fill = ceil_div(target, std::min(N, kMaxGridYZ) * col_blocks);
+  const int64_t by_rows = std::max<int64_t>(1, HW / (int64_t(block.y) * kClMinRowsPerThread));
+  return std::max<int64_t>(1, std::min({by_fill, by_rows, kMaxGridYZ}));
 }
 
 // ================================================================================================
@@ -403,6 +442,126 @@ __global__ void __launch_bounds__(kLargeThreads, 2) group_norm_fwd_large_kernel(
   if (s.cluster) cluster_sync();
 }
 
+// One warp per row (n, g) of a channels-last forward: the group's mean and rstd from the Welford
+// partials of its C/G channels and `parts` row slices, merged in a fixed order (lane strides over
+// (channel, slice), then the warp's butterfly).
+template <typename T, typename P>
+__global__ void __launch_bounds__(kCoefThreads) group_norm_cl_stats_kernel(const FwdArgs<T, P> a) {
+  using Acc = opmath_t<T>;
+  const GroupGeometry& geo = a.geo;
+  const int64_t row = int64_t(blockIdx.x) * (kCoefThreads / kWarpSize) + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= geo.rows) return;  // a whole warp; no block barrier
+  const int64_t n = row / geo.G;
+  const int64_t c0 = (row - n * geo.G) * geo.Cg;
+  const int64_t terms = geo.Cg * a.parts;
+  Welford<Acc> w;
+  for (int64_t t = lane; t < terms; t += kWarpSize) {
+    const int64_t c = c0 + t / a.parts;
+    const int64_t slot = n * a.parts + t % a.parts;
+    Welford<Acc> part;
+    part.mean = a.partials[(slot * 3 + 0) * geo.C + c];
+    part.m2 = a.partials[(slot * 3 + 1) * geo.C + c];
+    part.count = a.partials[(slot * 3 + 2) * geo.C + c];
+    w = welford_merge(w, part);
+  }
+  w = warp_welford(w);
+  if (lane == 0) {
+    a.mean[row] = w.mean;
+    a.rstd[row] = rsqrt_op(w.m2 / w.count + a.eps);
+  }
+}
+
+// Channels-last normalize: y = act((x - mean) * rstd * w + b), a grid-stride loop over vectors
+// of kVec channels (C % kVec == 0: a vector lies in one sample), each element with its own
+// channel's parameters and its group's statistics.
+template <typename T, typename P, Activation kAct, int kVec>
+__global__ void __launch_bounds__(kDxThreads) group_norm_cl_fwd_kernel(const FwdArgs<T, P> a) {
+  using Acc = opmath_t<T>;
+  const GroupGeometry& geo = a.geo;
+  const int64_t total_vecs = geo.rows * geo.L / kVec;
+  for (int64_t v = int64_t(blockIdx.x) * kDxThreads + threadIdx.x; v < total_vecs;
+       v += int64_t(gridDim.x) * kDxThreads) {
+    const int64_t e = v * kVec;
+    const int64_t c0 = geo.cl_channel(e);
+    vec_t<T, kVec> xv, yv;
+    xv.load(a.x + e);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int64_t c = c0 + k;
+      const int64_t row = geo.cl_row(e, c);
+      const Acc xhat = (to_opmath(xv[k]) - a.mean[row]) * a.rstd[row];
+      const Acc z = xhat * param_or(a.w, c, Acc(1)) + param_or(a.b, c, Acc(0));
+      yv[k] = from_opmath<T>(activation<kAct>(z));
+    }
+    yv.store(a.y + e);
+  }
+}
+
+// The Op of column_rows_partials_kernel for the channels-last backward sums of one sample
+// (problem blockIdx.z): per channel, sum dz * xhat and sum dz over its rows, dz = dy * act'(z).
+template <typename T, typename P, Activation kAct, int kVecT>
+struct ClBwdSumsOp {
+  using Acc = opmath_t<T>;
+  using Value = Acc;
+  using State = Sums<Acc, 2>;
+  struct ThreadState {
+    Sums<Acc, 2> sums[kVecT];
+    Acc mean[kVecT], rstd[kVecT], w[kVecT], b[kVecT];
+  };
+  struct Loaded {
+    vec_t<T, kVecT> dy, x;
+  };
+  static constexpr int kVec = kVecT;
+  // Two tensors loaded per row: 1 vector each, or 4 scalars.
+  static constexpr int kUnroll = kVec == 1 ? 4 : 1;
+  const T* dy;      // [Z * HW, C]: this launch's samples
+  const T* x;       // [Z * HW, C]
+  const Acc* mean;  // [Z, G]
+  const Acc* rstd;  // [Z, G]
+  const P* w;       // [C] or nullptr
+  const P* b;       // [C] or nullptr
+  int64_t C;
+  int64_t G;
+  int64_t Cg;
+
+  __device__ __forceinline__ ThreadState init(int64_t col) const {
+    ThreadState ts;
+    const int64_t row0 = int64_t(blockIdx.z) * G;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const int64_t c = col + j;
+      ts.mean[j] = mean[row0 + c / Cg];
+      ts.rstd[j] = rstd[row0 + c / Cg];
+      ts.w[j] = param_or(w, c, Acc(1));
+      ts.b[j] = param_or(b, c, Acc(0));
+    }
+    return ts;
+  }
+  __device__ __forceinline__ Loaded load(int64_t row, int64_t col) const {
+    Loaded l;
+    l.dy.load(dy + row * C + col);
+    l.x.load(x + row * C + col);
+    return l;
+  }
+  template <int kU>
+  __device__ __forceinline__ void accumulate(ThreadState& ts, const Loaded (&l)[kU], int n, int64_t,
+                                             int64_t, int64_t) const {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (u >= n) continue;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const Acc xhat = (to_opmath(l[u].x[j]) - ts.mean[j]) * ts.rstd[j];
+        const Acc dz = dz_of<kAct>(to_opmath(l[u].dy[j]), xhat, ts.w[j], ts.b[j]);
+        ts.sums[j].v[0] += dz * xhat;
+        ts.sums[j].v[1] += dz;
+      }
+    }
+  }
+  __device__ __forceinline__ State column(const ThreadState& ts, int j) const { return ts.sums[j]; }
+};
+
 // ================================================================================================
 // Backward
 // ================================================================================================
@@ -495,7 +654,9 @@ __global__ void __launch_bounds__(kCoefThreads) group_norm_bwd_coef_kernel(const
 
 // Elementwise dx over chunks of kDxThreads * kDxUnroll vectors; block b takes chunk
 // (gridDim.x - 1 - b), so the first blocks read the tensor's end, the last the plane pass read.
-template <typename T, typename P, Activation kAct, int kVec>
+// Channels-last (kChannelsLast): a vector holds kVec channels of one sample, each element with
+// its own channel and row.
+template <typename T, typename P, Activation kAct, int kVec, bool kChannelsLast>
 __global__ void __launch_bounds__(kDxThreads) group_norm_bwd_dx_kernel(const BwdArgs<T, P> a) {
   using Acc = opmath_t<T>;
   const GroupGeometry& geo = a.geo;
@@ -515,19 +676,24 @@ __global__ void __launch_bounds__(kDxThreads) group_norm_bwd_dx_kernel(const Bwd
   for (int u = 0; u < kDxUnroll; ++u) {
     const int64_t v = v0 + int64_t(u) * kDxThreads;
     if (v >= total_vecs) continue;
-    // A vector lies in one row and one channel (L % kVec == 0, HW % kVec == 0).
+    // Contiguous: a vector lies in one row and one channel (L % kVec == 0, HW % kVec == 0).
     const int64_t e = v * kVec;
-    const int64_t row = geo.row_of(e);
-    const int64_t c = geo.channel(row, e - row * geo.L);
-    const Acc mean = a.mean[row];
-    const Acc rstd = a.rstd[row];
-    const Acc c1 = a.row_coef[2 * row + 0];
-    const Acc c2 = a.row_coef[2 * row + 1];
-    const Acc wc = param_or(a.w, c, Acc(1));
-    const Acc bc = param_or(a.b, c, Acc(0));
+    const int64_t c0 = kChannelsLast ? geo.cl_channel(e) : 0;
+    int64_t row = kChannelsLast ? 0 : geo.row_of(e);
+    int64_t c = kChannelsLast ? c0 : geo.channel(row, e - row * geo.L);
     vec_t<T, kVec> dxv;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
+      if constexpr (kChannelsLast) {
+        c = c0 + k;
+        row = geo.cl_row(e, c);
+      }
+      const Acc mean = a.mean[row];
+      const Acc rstd = a.rstd[row];
+      const Acc c1 = a.row_coef[2 * row + 0];
+      const Acc c2 = a.row_coef[2 * row + 1];
+      const Acc wc = param_or(a.w, c, Acc(1));
+      const Acc bc = param_or(a.b, c, Acc(0));
       // Scalar math: dx = rstd * (w * dz - mean_g(w * dz) - xhat * mean_g(w * dz * xhat)).
       const Acc xhat = (to_opmath(xv[u][k]) - mean) * rstd;
       const Acc dz = dz_of<kAct>(to_opmath(dyv[u][k]), xhat, wc, bc);
@@ -584,11 +750,79 @@ size_t round_up_256(size_t b) { return (b + 255) / 256 * 256; }
 
 BwdWorkspace bwd_workspace(const GroupNormBwdParams& p) {
   BwdWorkspace ws;
-  ws.parts = plane_parts(p.N, p.C, p.HW, p.parallelism);
+  ws.parts = p.channels_last
+                 ? cl_parts(p.N, p.C, p.HW, vec_width16(p.x_dtype), p.parallelism)
+                 : plane_parts(p.N, p.C, p.HW, p.parallelism);
   const size_t acc = opmath_size(p.x_dtype);
   ws.plane_sums_bytes = round_up_256(size_t(p.N) * size_t(ws.parts) * 2 * size_t(p.C) * acc);
   ws.row_coef_bytes = round_up_256(size_t(p.N) * size_t(p.G) * 2 * acc);
   return ws;
+}
+
+// Runs column_rows_partials_kernel<Op> over the per-sample [HW, C] problems of samples
+// [0, N), at most kMaxGridYZ samples (grid.z) per launch: make_op(n0) gives the Op of the
+// launch starting at sample n0, whose partials start at slot n0 * parts.
+template <typename Op, typename MakeOp>
+cudaError_t launch_cl_partials(int64_t N, int64_t HW, int64_t C, int64_t parts,
+                               typename Op::Value* partials, const MakeOp& make_op,
+                               cudaStream_t stream) {
+  constexpr int kFields = StateTraits<typename Op::State>::kFields;
+  const dim3 block = column_rows_block(ceil_div(C, int64_t(Op::kVec)));
+  const unsigned col_blocks = static_cast<unsigned>(ceil_div(ceil_div(C, int64_t(Op::kVec)), int64_t(block.x)));
+  for (int64_t n0 = 0; n0 < N; n0 += kMaxGridYZ) {
+    const unsigned samples = static_cast<unsigned>(std::min(kMaxGridYZ, N - n0));
+    const dim3 grid(col_blocks, static_cast<unsigned>(parts), samples);
+    column_rows_partials_kernel<Op, Op::kUnroll><<<grid, block, 0, stream>>>(
+        make_op(n0), HW, C, partials + n0 * parts * kFields * C);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+// Blocks of the elementwise kernels' grid-stride loops: enough for every SM to be busy.
+unsigned elementwise_blocks(int64_t vecs, int sm_count) {
+  constexpr int64_t kBlocksPerSm = 8;
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min(ceil_div(vecs, int64_t(kDxThreads)),
+                                    int64_t(std::max(sm_count, 1)) * kBlocksPerSm)));
+}
+
+template <typename T, typename P>
+cudaError_t group_norm_fwd_channels_last(const GroupNormFwdParams& p, FwdArgs<T, P> a,
+                                         cudaStream_t stream) {
+  using Acc = opmath_t<T>;
+  constexpr int V = kVecWidth16<T>;
+  // Parameters are read per element: only x and y need the alignment.
+  const bool vec_ok = p.C % V == 0 && is_aligned(a.x, 16) && is_aligned(a.y, 16);
+  a.partials = static_cast<Acc*>(p.workspace);
+  a.parts = cl_parts(p.N, p.C, p.HW, V, p.parallelism);
+  if (a.partials == nullptr) return cudaErrorInvalidValue;
+  auto partials = [&](auto vec_tag) {
+    constexpr int kV = decltype(vec_tag)::value;
+    using Op = WelfordRowsOp<T, kV>;
+    return launch_cl_partials<Op>(p.N, p.HW, p.C, a.parts, a.partials, [&](int64_t n0) {
+      return Op{a.x + n0 * p.HW * p.C, p.C};
+    }, stream);
+  };
+  cudaError_t err = vec_ok ? partials(std::integral_constant<int, V>{})
+                           : partials(std::integral_constant<int, 1>{});
+  if (err != cudaSuccess) return err;
+  const unsigned stats_blocks = static_cast<unsigned>(ceil_div(a.geo.rows, kCoefThreads / kWarpSize));
+  group_norm_cl_stats_kernel<T, P><<<stats_blocks, kCoefThreads, 0, stream>>>(a);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int vec = vec_ok ? V : 1;
+  const unsigned blocks = elementwise_blocks(a.geo.rows * a.geo.L / vec, p.parallelism);
+  return dispatch_activation(p.act, [&](auto act_tag) {
+    constexpr Activation kAct = decltype(act_tag)::value;
+    if (vec_ok) {
+      group_norm_cl_fwd_kernel<T, P, kAct, V><<<blocks, kDxThreads, 0, stream>>>(a);
+    } else {
+      group_norm_cl_fwd_kernel<T, P, kAct, 1><<<blocks, kDxThreads, 0, stream>>>(a);
+    }
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace
@@ -596,6 +830,12 @@ BwdWorkspace bwd_workspace(const GroupNormBwdParams& p) {
 // ================================================================================================
 // Entry points
 // ================================================================================================
+
+size_t group_norm_fwd_workspace_bytes(const GroupNormFwdParams& p) {
+  if (!valid_shape(p.N, p.C, p.HW, p.G) || !p.channels_last) return 0;
+  const int64_t parts = cl_parts(p.N, p.C, p.HW, vec_width16(p.x_dtype), p.parallelism);
+  return size_t(p.N) * size_t(parts) * 3 * size_t(p.C) * opmath_size(p.x_dtype);
+}
 
 cudaError_t group_norm_fwd(const GroupNormFwdParams& p, cudaStream_t stream) {
   if (!valid_shape(p.N, p.C, p.HW, p.G)) return cudaErrorInvalidValue;
@@ -614,6 +854,9 @@ cudaError_t group_norm_fwd(const GroupNormFwdParams& p, cudaStream_t stream) {
     a.rstd = static_cast<Acc*>(p.rstd);
     a.geo = make_geometry(p.N, p.C, p.HW, p.G);
     a.eps = static_cast<Acc>(p.eps);
+    a.partials = nullptr;
+    a.parts = 0;
+    if (p.channels_last) return group_norm_fwd_channels_last<T, P>(p, a, stream);
     constexpr int V = kVecWidth16<T>;
     // Parameters are read one channel at a time (a vector lies in one channel): only x and y
     // need the alignment.
@@ -661,18 +904,32 @@ cudaError_t group_norm_bwd(const GroupNormBwdParams& p, cudaStream_t stream) {
     a.geo = make_geometry(p.N, p.C, p.HW, p.G);
     a.parts = ws.parts;
     constexpr int V = kVecWidth16<T>;
-    const bool vec_ok =
-        p.HW % V == 0 && is_aligned(a.x, 16) && is_aligned(a.dy, 16) && is_aligned(a.dx, 16);
+    // A vector must lie in one channel (contiguous) or in one sample (channels-last).
+    const bool vec_ok = (p.channels_last ? p.C : p.HW) % V == 0 && is_aligned(a.x, 16) &&
+                        is_aligned(a.dy, 16) && is_aligned(a.dx, 16);
     return dispatch_activation(p.act, [&](auto act_tag) {
       constexpr Activation kAct = decltype(act_tag)::value;
-      const int64_t units = p.N * p.C * ws.parts;
-      const unsigned plane_blocks = static_cast<unsigned>(ceil_div(units, kPlaneWarps));
-      if (vec_ok) {
-        group_norm_bwd_plane_kernel<T, P, kAct, V><<<plane_blocks, kPlaneThreads, 0, stream>>>(a);
+      cudaError_t err = cudaSuccess;
+      if (p.channels_last) {
+        auto sums = [&](auto vec_tag) {
+          constexpr int kV = decltype(vec_tag)::value;
+          using Op = ClBwdSumsOp<T, P, kAct, kV>;
+          return launch_cl_partials<Op>(p.N, p.HW, p.C, ws.parts, a.plane_sums, [&](int64_t n0) {
+            return Op{a.dy + n0 * p.HW * p.C, a.x + n0 * p.HW * p.C, a.mean + n0 * p.G,
+                      a.rstd + n0 * p.G, a.w, a.b, p.C, p.G, a.geo.Cg};
+          }, stream);
+        };
+        err = vec_ok ? sums(std::integral_constant<int, V>{}) : sums(std::integral_constant<int, 1>{});
       } else {
-        group_norm_bwd_plane_kernel<T, P, kAct, 1><<<plane_blocks, kPlaneThreads, 0, stream>>>(a);
+        const int64_t units = p.N * p.C * ws.parts;
+        const unsigned plane_blocks = static_cast<unsigned>(ceil_div(units, kPlaneWarps));
+        if (vec_ok) {
+          group_norm_bwd_plane_kernel<T, P, kAct, V><<<plane_blocks, kPlaneThreads, 0, stream>>>(a);
+        } else {
+          group_norm_bwd_plane_kernel<T, P, kAct, 1><<<plane_blocks, kPlaneThreads, 0, stream>>>(a);
+        }
+        err = cudaGetLastError();
       }
-      cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
       if (want_dx) {
         const unsigned coef_blocks =
@@ -682,10 +939,18 @@ cudaError_t group_norm_bwd(const GroupNormBwdParams& p, cudaStream_t stream) {
         const int64_t total_vecs = a.geo.rows * a.geo.L / vec;
         const unsigned dx_blocks =
             static_cast<unsigned>(ceil_div(total_vecs, int64_t(kDxThreads) * kDxUnroll));
+        auto dx = [&](auto vec_tag, auto layout_tag) {
+          group_norm_bwd_dx_kernel<T, P, kAct, decltype(vec_tag)::value, decltype(layout_tag)::value>
+              <<<dx_blocks, kDxThreads, 0, stream>>>(a);
+        };
+        using ChannelsLast = std::true_type;
+        using Contiguous = std::false_type;
         if (vec_ok) {
-          group_norm_bwd_dx_kernel<T, P, kAct, V><<<dx_blocks, kDxThreads, 0, stream>>>(a);
+          p.channels_last ? dx(std::integral_constant<int, V>{}, ChannelsLast{})
+                          : dx(std::integral_constant<int, V>{}, Contiguous{});
         } else {
-          group_norm_bwd_dx_kernel<T, P, kAct, 1><<<dx_blocks, kDxThreads, 0, stream>>>(a);
+          p.channels_last ? dx(std::integral_constant<int, 1>{}, ChannelsLast{})
+                          : dx(std::integral_constant<int, 1>{}, Contiguous{});
         }
         err = cudaGetLastError();
         if (err != cudaSuccess) return err;

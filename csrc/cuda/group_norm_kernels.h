@@ -23,6 +23,7 @@ using fused_norm::GroupNormFwdParams;
 // Bytes of scratch group_norm_bwd needs: per-(sample, plane part) channel sums and per-row
 // coefficients. Depends on N, C, HW, G, x_dtype and parallelism only (not on the pointers), so
 // it may be asked before the outputs exist; a multiple of 256 bytes.
+size_t group_norm_fwd_workspace_bytes(const GroupNormFwdParams& p);
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
 
 cudaError_t group_norm_fwd(const GroupNormFwdParams& p, cudaStream_t stream);

@@ -20,10 +20,12 @@ const GroupNormBackend& cuda_group_norm_backend() {
       [](const GroupNormBwdParams& p) {
         C10_CUDA_CHECK(group_norm_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
+      group_norm_fwd_workspace_bytes,
       group_norm_bwd_workspace_bytes,
       [](const at::Tensor& t) {
         return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      },
+      /*channels_last=*/true};
   return backend;
 }
 

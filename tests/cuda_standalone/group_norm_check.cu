@@ -345,10 +345,11 @@ void bench() {
     const double copy_ms = median_ms(
         [&] { ck(cudaMemcpyAsync(y.at(0), x.at(0), nbytes, cudaMemcpyDeviceToDevice, 0), "copy"); }, kWarm, kReps);
     for (Activation act : {Activation::kNone, Activation::kSilu}) {
-      GroupNormFwdParams fp{x.at(0), w.at(0), b.at(0), y.at(0), mean.at(0), rstd.at(0), s.N, s.C, s.H * s.W,
-                            G, 1e-5, xt, pt, act, g_sm_count};
+      GroupNormFwdParams fp{x.at(0), w.at(0), b.at(0), y.at(0), mean.at(0), rstd.at(0), nullptr, s.N, s.C, s.H * s.W,
+                            G, 1e-5, /*channels_last=*/false, xt, pt, act, g_sm_count};
       GroupNormBwdParams bp{dy.at(0), x.at(0), mean.at(0), rstd.at(0), w.at(0), b.at(0), dx.at(0), dw.at(0),
-                            db.at(0), ws.at(0), s.N, s.C, s.H * s.W, G, xt, pt, act, g_sm_count};
+                            db.at(0), ws.at(0), s.N, s.C, s.H * s.W, G, /*channels_last=*/false, xt, pt,
+                            act, g_sm_count};
       const double fwd_ms = median_ms([&] { ck(fused_norm::cuda::group_norm_fwd(fp, 0), "fwd"); }, kWarm, kReps);
       const double bwd_ms = median_ms([&] { ck(fused_norm::cuda::group_norm_bwd(bp, 0), "bwd"); }, kWarm, kReps);
       auto tbs = [&](double units, double ms) { return units * nbytes / (ms * 1e-3) / 1e12; };

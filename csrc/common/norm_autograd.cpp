@@ -1,9 +1,10 @@
-// Autograd of the row-norm forward ops, in C++: the Python registration (torch.library's
-// register_autograd) cost 15-20 us per call and 60 more per backward, as much as the whole
-// kernel for a small layer. The backward calls the backward op through the dispatcher, so that
+// Autograd of the row-norm and group-norm forward ops, in C++: the Python registration
+// (torch.library's register_autograd) cost 15-20 us per call and 60 more per backward, as much as
+// the whole kernel for a small layer. The backward calls the backward op through the dispatcher, so that
 // double backward goes through that op's own autograd (fused_norm/_ops.py) and torch.compile
 // traces it like any op.
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -109,6 +110,54 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
+// Outputs: y, mean, rstd. Inputs: input, num_groups, weight, bias, eps, activation.
+class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, int64_t num_groups,
+                               const OptTensor& weight, const OptTensor& bias, double eps,
+                               c10::string_view activation) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::group_norm_fwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, int64_t, const OptTensor&, const OptTensor&, double,
+                c10::string_view)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, mean, rstd] = op.call(input, num_groups, weight, bias, eps, activation);
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->save_for_backward({input, mean, rstd, weight.value_or(at::Tensor()),
+                            bias.value_or(at::Tensor())});
+    ctx->mark_non_differentiable({mean, rstd});
+    return {y, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::group_norm_bwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+                const at::Tensor&, const OptTensor&, const OptTensor&, c10::string_view,
+                std::array<bool, 3>)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
+    const at::Tensor &weight = saved[3], &bias = saved[4];
+    // needs_input_grad counts the tensor arguments that were given: input 0, then weight and
+    // bias where present.
+    const size_t bias_index = weight.defined() ? 2 : 1;
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      weight.defined() && ctx->needs_input_grad(1),
+                                      bias.defined() && ctx->needs_input_grad(bias_index)};
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    auto [dx, dweight, dbias] =
+        op.call(grads[0], input, ctx->saved_data["num_groups"].toInt(), mean, rstd,
+                as_optional(weight), as_optional(bias), activation, mask);
+    return {mask[0] ? dx : at::Tensor(), at::Tensor(), mask[1] ? dweight : at::Tensor(),
+            mask[2] ? dbias : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_autograd(
     const at::Tensor& input, c10::SymIntArrayRef normalized_shape, const OptTensor& weight,
     const OptTensor& bias, double eps) {
@@ -123,11 +172,20 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_autograd(const at::Tensor& input
   return {out[0], out[1]};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_autograd(
+    const at::Tensor& input, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
+    double eps, c10::string_view activation) {
+  variable_list out =
+      GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
   m.impl("layer_norm_fwd", TORCH_FN(layer_norm_fwd_autograd));
   m.impl("rms_norm_fwd", TORCH_FN(rms_norm_fwd_autograd));
+  m.impl("group_norm_fwd", TORCH_FN(group_norm_fwd_autograd));
 }
 
 }  // namespace fused_norm
