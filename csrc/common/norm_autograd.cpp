@@ -3,6 +3,7 @@
 // the whole kernel for a small layer. The backward calls the backward op through the dispatcher, so that
 // double backward goes through that op's own autograd (fused_norm/_ops.py) and torch.compile
 // traces it like any op.
+#include <array>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -21,6 +22,15 @@ using OptTensor = std::optional<at::Tensor>;
 
 OptTensor as_optional(const at::Tensor& t) {
   return t.defined() ? OptTensor(t) : std::nullopt;
+}
+
+// Which of (input, weight, bias) need a gradient. needs_input_grad counts the tensor arguments
+// that were given: input 0, then weight and bias where present.
+std::array<bool, 3> affine_grad_mask(AutogradContext* ctx, const at::Tensor& weight,
+                                     const at::Tensor& bias) {
+  const size_t bias_index = weight.defined() ? 2 : 1;
+  return {ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
+          bias.defined() && ctx->needs_input_grad(bias_index)};
 }
 
 std::vector<c10::SymInt> saved_shape(AutogradContext* ctx) {
@@ -59,12 +69,7 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
     const at::Tensor &weight = saved[3], &bias = saved[4];
-    // needs_input_grad counts the tensor arguments that were given: input 0, then weight and
-    // bias where present.
-    const size_t bias_index = weight.defined() ? 2 : 1;
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                      weight.defined() && ctx->needs_input_grad(1),
-                                      bias.defined() && ctx->needs_input_grad(bias_index)};
+    const std::array<bool, 3> mask = affine_grad_mask(ctx, weight, bias);
     auto [dx, dweight, dbias] = op.call(grads[0], input, saved_shape(ctx), mean, rstd,
                                         as_optional(weight), as_optional(bias), mask);
     return {mask[0] ? dx : at::Tensor(), at::Tensor(), mask[1] ? dweight : at::Tensor(),
@@ -143,12 +148,7 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
     const at::Tensor &weight = saved[3], &bias = saved[4];
-    // needs_input_grad counts the tensor arguments that were given: input 0, then weight and
-    // bias where present.
-    const size_t bias_index = weight.defined() ? 2 : 1;
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                      weight.defined() && ctx->needs_input_grad(1),
-                                      bias.defined() && ctx->needs_input_grad(bias_index)};
+    const std::array<bool, 3> mask = affine_grad_mask(ctx, weight, bias);
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     auto [dx, dweight, dbias] =
         op.call(grads[0], input, ctx->saved_data["num_groups"].toInt(), mean, rstd,

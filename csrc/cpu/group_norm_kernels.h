@@ -519,31 +519,29 @@ size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
   return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
 }
 
-void group_norm_fwd(const GroupNormFwdParams& p) {
+// Calls kernel(T{}, activation constant) for the dtype and activation of p.
+template <typename Params, typename F>
+void dispatch_group_norm(const Params& p, F&& kernel) {
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
-    dispatch_activation(p.act, [&](auto act) {
-      using T = decltype(tag);
-      constexpr Activation kAct = decltype(act)::value;
-      if (p.channels_last) {
-        group_norm_fwd_channels_last_typed<T, kAct>(p);
-      } else {
-        group_norm_fwd_typed<T, kAct>(p);
-      }
-    });
+    dispatch_activation(p.act, [&](auto act) { kernel(tag, act); });
+  });
+}
+
+void group_norm_fwd(const GroupNormFwdParams& p) {
+  dispatch_group_norm(p, [&](auto tag, auto act) {
+    using T = decltype(tag);
+    constexpr Activation kAct = decltype(act)::value;
+    p.channels_last ? group_norm_fwd_channels_last_typed<T, kAct>(p)
+                    : group_norm_fwd_typed<T, kAct>(p);
   });
 }
 
 void group_norm_bwd(const GroupNormBwdParams& p) {
-  dispatch_x_dtype(p.x_dtype, [&](auto tag) {
-    dispatch_activation(p.act, [&](auto act) {
-      using T = decltype(tag);
-      constexpr Activation kAct = decltype(act)::value;
-      if (p.channels_last) {
-        group_norm_bwd_channels_last_typed<T, kAct>(p);
-      } else {
-        group_norm_bwd_typed<T, kAct>(p);
-      }
-    });
+  dispatch_group_norm(p, [&](auto tag, auto act) {
+    using T = decltype(tag);
+    constexpr Activation kAct = decltype(act)::value;
+    p.channels_last ? group_norm_bwd_channels_last_typed<T, kAct>(p)
+                    : group_norm_bwd_typed<T, kAct>(p);
   });
 }
 

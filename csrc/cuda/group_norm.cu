@@ -264,6 +264,18 @@ int64_t cl_parts(int64_t N, int64_t C, int64_t HW, int vec, int sm_count) {
 
 __device__ __forceinline__ int64_t ceil_div_dev(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The partials of row (n, g) held in [N * parts, K, C] arrays (per sample, part and channel): lane
+// `lane` of the row's warp gets f(c, slot) for its share of the group's (channel, part) terms, in
+// a fixed order, slot = n * parts + part.
+template <typename F>
+__device__ __forceinline__ void for_lane_group_partials(const GroupGeometry& geo, int64_t parts,
+                                                        int64_t row, int lane, F&& f) {
+  const int64_t n = row / geo.G;
+  const int64_t c0 = (row - n * geo.G) * geo.Cg;
+  const int64_t terms = geo.Cg * parts;
+  for (int64_t t = lane; t < terms; t += kWarpSize) f(c0 + t / parts, n * parts + t % parts);
+}
+
 // This block's share of the rows: rows row0, row0 + row_step, ...; in each row the vectors
 // [vec_begin, vec_end) (its slice when a cluster shares the row).
 struct RowSlice {
@@ -452,19 +464,14 @@ __global__ void __launch_bounds__(kCoefThreads) group_norm_cl_stats_kernel(const
   const int64_t row = int64_t(blockIdx.x) * (kCoefThreads / kWarpSize) + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= geo.rows) return;  // a whole warp; no block barrier
-  const int64_t n = row / geo.G;
-  const int64_t c0 = (row - n * geo.G) * geo.Cg;
-  const int64_t terms = geo.Cg * a.parts;
   Welford<Acc> w;
-  for (int64_t t = lane; t < terms; t += kWarpSize) {
-    const int64_t c = c0 + t / a.parts;
-    const int64_t slot = n * a.parts + t % a.parts;
+  for_lane_group_partials(geo, a.parts, row, lane, [&](int64_t c, int64_t slot) {
     Welford<Acc> part;
     part.mean = a.partials[(slot * 3 + 0) * geo.C + c];
     part.m2 = a.partials[(slot * 3 + 1) * geo.C + c];
     part.count = a.partials[(slot * 3 + 2) * geo.C + c];
     w = welford_merge(w, part);
-  }
+  });
   w = warp_welford(w);
   if (lane == 0) {
     a.mean[row] = w.mean;
@@ -633,17 +640,12 @@ __global__ void __launch_bounds__(kCoefThreads) group_norm_bwd_coef_kernel(const
   const int64_t row = int64_t(blockIdx.x) * (kCoefThreads / kWarpSize) + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= geo.rows) return;  // a whole warp; no block barrier
-  const int64_t n = row / geo.G;
-  const int64_t c0 = (row - n * geo.G) * geo.Cg;
-  const int64_t terms = geo.Cg * a.parts;
   Acc sums[2] = {Acc(0), Acc(0)};  // sum(w * dz), sum(w * dz * xhat)
-  for (int64_t t = lane; t < terms; t += kWarpSize) {
-    const int64_t c = c0 + t / a.parts;
-    const int64_t slot = n * a.parts + t % a.parts;
+  for_lane_group_partials(geo, a.parts, row, lane, [&](int64_t c, int64_t slot) {
     const Acc wc = param_or(a.w, c, Acc(1));
     sums[0] += wc * a.plane_sums[(slot * 2 + 1) * geo.C + c];
     sums[1] += wc * a.plane_sums[(slot * 2 + 0) * geo.C + c];
-  }
+  });
   warp_sum<2>(sums);
   if (lane == 0) {
     const Acc inv_n = Acc(1) / Acc(geo.L);
