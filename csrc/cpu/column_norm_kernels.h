@@ -66,7 +66,7 @@ void column_norm_elemt_typed(const ColumnNormElemtParams& p) {
   }
   // Scalar math: y = act(x * scale + shift + residual)
   column_elementwise<T, 2>(
-      p.shape, coefs, [&](int64_t i, auto count, const AccVec (&k)[2][C::kParts]) {
+      p.shape, coefs, [x, residual, y](int64_t i, auto count, const AccVec (&k)[2][C::kParts]) {
         AccVec v[C::kParts], r[C::kParts];
         C::load(x + i, v, count);
         if constexpr (kResidual) C::load(residual + i, r, count);

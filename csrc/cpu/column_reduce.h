@@ -430,17 +430,23 @@ C10_ALWAYS_INLINE void column_elementwise(
   const int64_t rows = (total + row_len - 1) / row_len;  // the last one may be partial
   at::parallel_for(0, rows, std::max<int64_t>(1, kMinPieceElements / row_len),
                    [&](int64_t row_begin, int64_t row_end) {
+    // Local copies of what the loop reads (the functor too: its by-value captures become
+    // registers). Reached through the parallel region's closure instead, each would be reloaded
+    // after every vector store, which may alias anything.
+    auto apply_local = apply_chunk;
+    const acc_t* const coefs_local = col_k;
+    const int64_t coefs_stride = padded_len, row_stride = row_len, size = total;
     for (int64_t row = row_begin; row < row_end; ++row) {
-      const int64_t base = row * row_len;
-      const int64_t len = std::min(row_len, total - base);
+      const int64_t base = row * row_stride;
+      const int64_t len = std::min(row_stride, size - base);
       auto apply = [&](int64_t j, auto count) {
         AccVec k[kCoefs][kParts];
         for (int n = 0; n < kCoefs; ++n) {
           for (int part = 0; part < kParts; ++part) {
-            k[n][part] = AccVec::loadu(col_k + n * padded_len + j + part * kW);
+            k[n][part] = AccVec::loadu(coefs_local + n * coefs_stride + j + part * kW);
           }
         }
-        apply_chunk(base + j, count, k);
+        apply_local(base + j, count, k);
       };
       int64_t j = 0;
       for (; j + kVec <= len; j += kVec) apply(j, Full());

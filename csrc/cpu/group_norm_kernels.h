@@ -405,7 +405,7 @@ void group_norm_fwd_channels_last_typed(const GroupNormFwdParams& p) {
     }
     // Scalar math: y = act((x - mean) * scale + b[c])
     column_elementwise<T, 3>(sample, coefs,
-                             [&](int64_t i, auto count, const AccVec (&k)[3][C::kParts]) {
+                             [xn, yn](int64_t i, auto count, const AccVec (&k)[3][C::kParts]) {
       AccVec v[C::kParts];
       C::load(xn + i, v, count);
       for (int part = 0; part < C::kParts; ++part) {
