@@ -144,6 +144,16 @@ def _group_norm_bwd_fake(grad_out, input, num_groups, mean, rstd, weight, bias, 
     )
 
 
+@torch.library.register_fake("fused_norm::softmax_fwd")
+def _softmax_fwd_fake(input, dim, log):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_norm::softmax_bwd")
+def _softmax_bwd_fake(grad_out, output, dim, log):
+    return torch.empty_like(output, memory_format=torch.contiguous_format)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd. The forward ops' autograd is C++ (csrc/common/row_norm_autograd.cpp: it calls the
 # backward op); the backward ops' own backward (double backward) is here and differentiates the
@@ -317,9 +327,55 @@ torch.library.register_autograd(
 )
 
 
+# Softmax: the forward's backward is the backward op on the saved output; the backward op's
+# own backward is written out below in torch ops (themselves differentiable, so higher orders
+# work too). With g = grad_out, y = output, v = the gradient of dx, sums over dim:
+#   softmax     dx = y * (g - sum(g * y)):  dg = y * (v - sum(v * y))   (the backward op again)
+#                                           dy = v * (g - sum(g * y)) - g * sum(v * y)
+#   log_softmax dx = g - exp(y) * sum(g):   dg = v - sum(v * exp(y)),  dy = -v * exp(y) * sum(g)
+
+
+def _softmax_fwd_setup(ctx, inputs, output):
+    _, ctx.dim, ctx.log = inputs
+    ctx.save_for_backward(output)
+
+
+def _softmax_fwd_backward(ctx, grad):
+    (output,) = ctx.saved_tensors
+    return ops.softmax_bwd(grad, output, ctx.dim, ctx.log), None, None
+
+
+def _softmax_bwd_setup(ctx, inputs, output):
+    grad_out, output_fwd, ctx.dim, ctx.log = inputs
+    ctx.save_for_backward(grad_out, output_fwd)
+
+
+def _softmax_bwd_backward(ctx, v):
+    g, y = ctx.saved_tensors
+    dim = ctx.dim
+    if ctx.log:
+        exp_y = y.exp()
+        grad_g = v - (v * exp_y).sum(dim, keepdim=True)
+        grad_y = -v * exp_y * g.sum(dim, keepdim=True)
+    else:
+        grad_g = ops.softmax_bwd(v, y, dim, False)
+        grad_y = (v * (g - (g * y).sum(dim, keepdim=True))
+                  - g * (v * y).sum(dim, keepdim=True))
+    return grad_g, grad_y, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::softmax_fwd", _softmax_fwd_backward, setup_context=_softmax_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::softmax_bwd", _softmax_bwd_backward, setup_context=_softmax_bwd_setup
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
-# from torch 2.13, rms_norm) in float32; under CPU autocast it leaves both in the input dtype.
+# from torch 2.13, rms_norm), group_norm, softmax and log_softmax in float32; under CPU autocast
+# it leaves them in the input dtype.
 
 
 def _torch_autocasts(aten_op, dispatch_key):
@@ -327,7 +383,8 @@ def _torch_autocasts(aten_op, dispatch_key):
 
 
 for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm"),
-                       ("group_norm_fwd", "aten::group_norm")):
+                       ("group_norm_fwd", "aten::group_norm"),
+                       ("softmax_fwd", "aten::softmax.int")):
     for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
         if _torch_autocasts(_theirs, _key):
             torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)

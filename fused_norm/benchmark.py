@@ -120,6 +120,26 @@ class GroupNorm:
                 lambda *_: F.group_norm(x, 32, w, b))
 
 
+class Softmax:
+    """Softmax / LogSoftmax of an (M, N) tensor over its last dim (a row problem) or its first
+    (dim0: a strided one, no transpose). Bytes: forward reads x and writes y; backward reads y
+    and dy and writes dx."""
+
+    cuda_shapes = [(32768, 4096), (4096, 32768), (1024, 131072)]
+    cpu_shapes = [(8192, 128), (1024, 1024), (128, 8192), (16, 131072)]
+    layouts = ["contiguous", "dim0"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def __init__(self, log):
+        self.ours = fused_norm.log_softmax if log else fused_norm.softmax
+        self.theirs = F.log_softmax if log else F.softmax
+
+    def make(self, shape, layout, device, dtype):
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        dim = 0 if layout == "dim0" else -1
+        return [x], (lambda *_: self.ours(x, dim)), (lambda *_: self.theirs(x, dim))
+
+
 OPS = {
     "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
@@ -131,6 +151,8 @@ OPS = {
     "group_norm": GroupNorm("group_norm"),
     "group_norm_silu": GroupNorm("group_norm_silu"),
     "instance_norm": GroupNorm("instance_norm"),
+    "softmax": Softmax(log=False),
+    "log_softmax": Softmax(log=True),
 }
 
 
@@ -210,7 +232,8 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
                     if compile_peer:
                         impls["torch.compile"] = torch.compile(theirs, dynamic=False)
                     x = inputs[0]
-                    dy = torch.randn_like(x)
+                    with torch.no_grad():
+                        dy = torch.randn_like(ours())
                     tensor_bytes = x.numel() * x.element_size()
                     copy_dst = torch.empty_like(x)
                     (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)
@@ -241,7 +264,7 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
 
 def print_row(row, impls):
     peers = [name for name in impls if name != "fused_norm"]
-    layout = " cl" if row["layout"] == "channels_last" else ""
+    layout = {"contiguous": "", "channels_last": " cl"}.get(row["layout"], " " + row["layout"])
     cells = [f"{row['op']:<10} {row['dtype']:<8} {row['shape'] + layout:>18} {row['direction']}"]
     for name in impls:
         cells.append(

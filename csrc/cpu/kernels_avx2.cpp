@@ -16,6 +16,7 @@
 #include "column_norm_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
+#include "softmax_kernels.h"
 // Proof that at::vec took its AVX2 specialisation rather than the portable one.
 static_assert(std::is_convertible_v<at::vec::Vectorized<float>, __m256>, "AVX2 Vectorized expected");
 #pragma GCC pop_options

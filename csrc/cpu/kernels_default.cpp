@@ -3,3 +3,4 @@
 #include "column_norm_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
+#include "softmax_kernels.h"
