@@ -55,4 +55,12 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def("softmax_fwd(Tensor input, int dim, bool log) -> Tensor");
   m.def("softmax_bwd(Tensor grad_out, Tensor output, int dim, bool log) -> Tensor");
 
+  // Gated units: act(a) * b with act "silu" (SwiGLU), "gelu" or "gelu_tanh" (GeGLU). The chunk
+  // ops take a, b = input.chunk(2, -1) (the gate on the first half) and give the gradient of the
+  // whole input; the others take a and b of one shape. Outputs are contiguous. The backward
+  // recomputes act(a): nothing but the inputs is saved.
+  m.def("gated_chunk_fwd(Tensor input, str activation) -> Tensor");
+  m.def("gated_chunk_bwd(Tensor grad_out, Tensor input, str activation) -> Tensor");
+  m.def("gated_fwd(Tensor a, Tensor b, str activation) -> Tensor");
+  m.def("gated_bwd(Tensor grad_out, Tensor a, Tensor b, str activation) -> (Tensor, Tensor)");
 }

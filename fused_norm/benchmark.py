@@ -140,6 +140,30 @@ class Softmax:
         return [x], (lambda *_: self.ours(x, dim)), (lambda *_: self.theirs(x, dim))
 
 
+class Gated:
+    """SwiGLU / GeGLU of an (M, 2H) tensor: act(a) * b with a, b = x.chunk(2, -1), against the
+    composite in torch. Bytes, in units of x: forward reads x and writes y (half of x); backward
+    reads x and dy (half) and writes dx."""
+
+    # x of 2^28 elements: the output is 2^27, the activations' size.
+    cuda_shapes = [(16384, 16384), (65536, 4096)]
+    cpu_shapes = [(1024, 2048), (128, 16384)]
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 1.5, 2.5
+
+    def __init__(self, ours, gate):
+        self.ours, self.gate = ours, gate
+
+    def make(self, shape, layout, device, dtype):
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
+        def theirs(*_):
+            a, b = x.chunk(2, -1)
+            return self.gate(a) * b
+
+        return [x], (lambda *_: self.ours(x)), theirs
+
+
 OPS = {
     "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
@@ -153,6 +177,8 @@ OPS = {
     "instance_norm": GroupNorm("instance_norm"),
     "softmax": Softmax(log=False),
     "log_softmax": Softmax(log=True),
+    "swiglu": Gated(fused_norm.swiglu, F.silu),
+    "geglu": Gated(fused_norm.geglu, F.gelu),
 }
 
 
@@ -233,7 +259,7 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
                         impls["torch.compile"] = torch.compile(theirs, dynamic=False)
                     x = inputs[0]
                     with torch.no_grad():
-                        dy = torch.randn_like(ours())
+                        dy = torch.randn_like(ours())  # the output's shape (not x's for GLUs)
                     tensor_bytes = x.numel() * x.element_size()
                     copy_dst = torch.empty_like(x)
                     (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)

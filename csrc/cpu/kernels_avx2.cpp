@@ -14,6 +14,7 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "column_norm_kernels.h"
+#include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
 #include "softmax_kernels.h"

@@ -18,6 +18,7 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "column_norm_kernels.h"
+#include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
 #include "softmax_kernels.h"
