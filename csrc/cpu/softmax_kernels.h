@@ -238,10 +238,6 @@ void softmax_lastdim_bwd(const SoftmaxBwdParams& p) {
 // ---------------------------------------------------------------------------------------------
 // B > 1: C slices of stride B, reduced lane by lane over tiles of B.
 
-// Chunks of B per tile: enough lanes in flight to hide the latency of each pass's dependent
-// operations, few enough cache lines per c that the C rows of a tile stay in L2 between passes.
-constexpr int64_t kTileChunks = 4;
-
 // The sums over c run lane by lane, one term after another: summed whole, their rounding error
 // would grow with C. Calls f(c_begin, c_end) on blocks of kSumBlock slices, whose partial sums
 // the caller adds into its totals, so that the error grows with kSumBlock + C / kSumBlock.
@@ -252,8 +248,17 @@ C10_ALWAYS_INLINE void for_each_sum_block(int64_t C, F&& f) {
   for (int64_t c = 0; c < C; c += kSumBlock) f(c, std::min(C, c + kSumBlock));
 }
 
-// Calls f(a, b, count) for each tile of the [A, *, B] problem, in parallel: count is
-// Chunk<T>::Full for whole chunks, else the elements left in B (below a chunk).
+// Chunks of B per tile, walked side by side in every pass: each step over c then reads
+// kTileChunks contiguous vectors (whole cache lines, few streams for the prefetcher) and keeps
+// that many independent dependency chains in flight; the tile's C rows stay in L2 between passes.
+constexpr int kTileChunks = 4;
+
+template <int kChunks>
+using ChunksTag = std::integral_constant<int, kChunks>;
+
+// Calls f(a, b, ChunksTag<kChunks>, count) over the [A, *, B] problem, in parallel: whole tiles
+// as kTileChunks full chunks, the rest of a row of B one chunk at a time, the last with count
+// (the elements left, below a chunk) instead of Chunk<T>::Full.
 template <typename T, typename F>
 void for_each_tile(int64_t A, int64_t C, int64_t B, F&& f) {
   using Ch = Chunk<T>;
@@ -265,13 +270,31 @@ void for_each_tile(int64_t A, int64_t C, int64_t B, F&& f) {
                        const int64_t a = item / tiles_per_a;
                        const int64_t b_begin = (item % tiles_per_a) * kTile;
                        const int64_t b_end = std::min(B, b_begin + kTile);
+                       if (b_end - b_begin == kTile) {
+                         f(a, b_begin, ChunksTag<kTileChunks>(), typename Ch::Full());
+                         continue;
+                       }
                        int64_t b = b_begin;
                        for (; b + Ch::kSize <= b_end; b += Ch::kSize) {
-                         f(a, b, typename Ch::Full());
+                         f(a, b, ChunksTag<1>(), typename Ch::Full());
                        }
-                       if (b < b_end) f(a, b, b_end - b);
+                       if (b < b_end) f(a, b, ChunksTag<1>(), b_end - b);
                      }
                    });
+}
+
+// Loads (stores) kChunks adjacent chunks at p; count applies to the last (a partial chunk is
+// always alone: kChunks == 1).
+template <typename T, int kChunks>
+using ChunkVecs = typename Chunk<T>::AccVec[kChunks][Chunk<T>::kParts];
+
+template <typename T, int kChunks, typename Count>
+C10_ALWAYS_INLINE void load_chunks(const T* p, ChunkVecs<T, kChunks>& v, Count count) {
+  for (int t = 0; t < kChunks; ++t) Chunk<T>::load(p + t * Chunk<T>::kSize, v[t], count);
+}
+template <typename T, int kChunks, typename Count>
+C10_ALWAYS_INLINE void store_chunks(T* p, const ChunkVecs<T, kChunks>& v, Count count) {
+  for (int t = 0; t < kChunks; ++t) Chunk<T>::store(p + t * Chunk<T>::kSize, v[t], count);
 }
 
 template <typename T>
@@ -283,46 +306,62 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
   const int64_t C = p.C, B = p.B;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-  // One chunk of B per call; the tile loop of for_each_tile walks the chunks of a tile one after
-  // another, so each chunk's C slices are walked three times while they are in cache.
-  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto count) {
+  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto chunks, auto count) {
+    constexpr int kChunks = decltype(chunks)::value;
     const T* xs = x + a * C * B + b;
     T* ys = y + a * C * B + b;
-    AccVec max[kParts], sum[kParts];
-    for (int k = 0; k < kParts; ++k) {
-      max[k] = AccVec(-std::numeric_limits<acc_t>::infinity());
-      sum[k] = AccVec(0);
+    AccVec max[kChunks][kParts], sum[kChunks][kParts];
+    for (int t = 0; t < kChunks; ++t) {
+      for (int k = 0; k < kParts; ++k) {
+        max[t][k] = AccVec(-std::numeric_limits<acc_t>::infinity());
+        sum[t][k] = AccVec(0);
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
-      AccVec v[kParts];
-      Ch::load(xs + c * B, v, count);
-      for (int k = 0; k < kParts; ++k) max[k] = at::vec::maximum(max[k], v[k]);
+      AccVec v[kChunks][kParts];
+      load_chunks<T, kChunks>(xs + c * B, v, count);
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) max[t][k] = at::vec::maximum(max[t][k], v[t][k]);
+      }
     }
     for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
-      AccVec part[kParts];
-      for (int k = 0; k < kParts; ++k) part[k] = AccVec(0);
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        AccVec v[kParts];
-        Ch::load(xs + c * B, v, count);
-        for (int k = 0; k < kParts; ++k) part[k] = part[k] + softmax_exp(v[k] - max[k]);
+      AccVec part[kChunks][kParts];
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) part[t][k] = AccVec(0);
       }
-      for (int k = 0; k < kParts; ++k) sum[k] = sum[k] + part[k];
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        AccVec v[kChunks][kParts];
+        load_chunks<T, kChunks>(xs + c * B, v, count);
+        for (int t = 0; t < kChunks; ++t) {
+          for (int k = 0; k < kParts; ++k) {
+            part[t][k] = part[t][k] + softmax_exp(v[t][k] - max[t][k]);
+          }
+        }
+      }
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) sum[t][k] = sum[t][k] + part[t][k];
+      }
     });
     // Scalar math: log_softmax y = x - (max + log(sum)); softmax y = exp(x - max) / sum
     // (the exponentials recomputed: a second exp costs less than a float buffer walked with
     // stride B).
-    AccVec shift[kParts];
-    for (int k = 0; k < kParts; ++k) {
-      shift[k] = p.log ? max[k] + sum[k].log() : max[k];
-      sum[k] = AccVec(1) / sum[k];
+    AccVec shift[kChunks][kParts];
+    for (int t = 0; t < kChunks; ++t) {
+      for (int k = 0; k < kParts; ++k) {
+        shift[t][k] = p.log ? max[t][k] + sum[t][k].log() : max[t][k];
+        sum[t][k] = AccVec(1) / sum[t][k];
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
-      AccVec v[kParts];
-      Ch::load(xs + c * B, v, count);
-      for (int k = 0; k < kParts; ++k) {
-        v[k] = p.log ? v[k] - shift[k] : softmax_exp(v[k] - shift[k]) * sum[k];
+      AccVec v[kChunks][kParts];
+      load_chunks<T, kChunks>(xs + c * B, v, count);
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) {
+          v[t][k] = p.log ? v[t][k] - shift[t][k]
+                          : softmax_exp(v[t][k] - shift[t][k]) * sum[t][k];
+        }
       }
-      Ch::store(ys + c * B, v, count);
+      store_chunks<T, kChunks>(ys + c * B, v, count);
     }
   });
 }
@@ -336,35 +375,51 @@ void softmax_strided_bwd(const SoftmaxBwdParams& p) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
-  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto count) {
+  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto chunks, auto count) {
+    constexpr int kChunks = decltype(chunks)::value;
     const int64_t offset = a * C * B + b;
     // softmax: s = sum(dy * y); log_softmax: s = sum(dy)
-    AccVec s[kParts];
-    for (int k = 0; k < kParts; ++k) s[k] = AccVec(0);
+    AccVec s[kChunks][kParts];
+    for (int t = 0; t < kChunks; ++t) {
+      for (int k = 0; k < kParts; ++k) s[t][k] = AccVec(0);
+    }
     for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
-      AccVec part[kParts];
-      for (int k = 0; k < kParts; ++k) part[k] = AccVec(0);
+      AccVec part[kChunks][kParts];
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) part[t][k] = AccVec(0);
+      }
       for (int64_t c = c_begin; c < c_end; ++c) {
-        AccVec g[kParts], v[kParts];
-        Ch::load(dy + offset + c * B, g, count);
+        AccVec g[kChunks][kParts], v[kChunks][kParts];
+        load_chunks<T, kChunks>(dy + offset + c * B, g, count);
         if (p.log) {
-          for (int k = 0; k < kParts; ++k) part[k] = part[k] + g[k];
+          for (int t = 0; t < kChunks; ++t) {
+            for (int k = 0; k < kParts; ++k) part[t][k] = part[t][k] + g[t][k];
+          }
         } else {
-          Ch::load(y + offset + c * B, v, count);
-          for (int k = 0; k < kParts; ++k) part[k] = at::vec::fmadd(g[k], v[k], part[k]);
+          load_chunks<T, kChunks>(y + offset + c * B, v, count);
+          for (int t = 0; t < kChunks; ++t) {
+            for (int k = 0; k < kParts; ++k) {
+              part[t][k] = at::vec::fmadd(g[t][k], v[t][k], part[t][k]);
+            }
+          }
         }
       }
-      for (int k = 0; k < kParts; ++k) s[k] = s[k] + part[k];
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) s[t][k] = s[t][k] + part[t][k];
+      }
     });
     // Scalar math: softmax dx = y * (dy - s); log_softmax dx = dy - exp(y) * s
     for (int64_t c = 0; c < C; ++c) {
-      AccVec g[kParts], v[kParts];
-      Ch::load(dy + offset + c * B, g, count);
-      Ch::load(y + offset + c * B, v, count);
-      for (int k = 0; k < kParts; ++k) {
-        g[k] = p.log ? g[k] - softmax_exp(v[k]) * s[k] : v[k] * (g[k] - s[k]);
+      AccVec g[kChunks][kParts], v[kChunks][kParts];
+      load_chunks<T, kChunks>(dy + offset + c * B, g, count);
+      load_chunks<T, kChunks>(y + offset + c * B, v, count);
+      for (int t = 0; t < kChunks; ++t) {
+        for (int k = 0; k < kParts; ++k) {
+          g[t][k] = p.log ? g[t][k] - softmax_exp(v[t][k]) * s[t][k]
+                          : v[t][k] * (g[t][k] - s[t][k]);
+        }
       }
-      Ch::store(dx + offset + c * B, g, count);
+      store_chunks<T, kChunks>(dx + offset + c * B, g, count);
     }
   });
 }

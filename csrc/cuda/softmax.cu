@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(kStridedThreads)
   }
 }
 
-// ---- launch plan ---------------------------------------------------------------------------------
+// ---- launch plan --------------------------------------------------------------------------------
 
 enum class Path { kWarpRegs, kBlockRegs, kStream, kStrided };
 
