@@ -358,22 +358,12 @@ torch.library.register_autograd(
 )
 
 
-# Softmax: the forward's backward is the backward op on the saved output; the backward op's
-# own backward is written out below in torch ops (themselves differentiable, so higher orders
+# Softmax: the forward op's autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# backward op on the saved output); the backward op's own backward is written out below in torch ops (themselves differentiable, so higher orders
 # work too). With g = grad_out, y = output, v = the gradient of dx, sums over dim:
 #   softmax     dx = y * (g - sum(g * y)):  dg = y * (v - sum(v * y))   (the backward op again)
 #                                           dy = v * (g - sum(g * y)) - g * sum(v * y)
 #   log_softmax dx = g - exp(y) * sum(g):   dg = v - sum(v * exp(y)),  dy = -v * exp(y) * sum(g)
-
-
-def _softmax_fwd_setup(ctx, inputs, output):
-    _, ctx.dim, ctx.log = inputs
-    ctx.save_for_backward(output)
-
-
-def _softmax_fwd_backward(ctx, grad):
-    (output,) = ctx.saved_tensors
-    return ops.softmax_bwd(grad, output, ctx.dim, ctx.log), None, None
 
 
 def _softmax_bwd_setup(ctx, inputs, output):
@@ -396,15 +386,12 @@ def _softmax_bwd_backward(ctx, v):
 
 
 torch.library.register_autograd(
-    "fused_norm::softmax_fwd", _softmax_fwd_backward, setup_context=_softmax_fwd_setup
-)
-torch.library.register_autograd(
     "fused_norm::softmax_bwd", _softmax_bwd_backward, setup_context=_softmax_bwd_setup
 )
 
 
-# Gated units: the forward ops' backward is the backward op; the backward ops' own backward
-# differentiates the reference vector-Jacobian product (da = act'(a) * dy * b, db = act(a) * dy)
+# Gated units: the forward ops' autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# backward ops on the saved inputs); the backward ops' own backward differentiates the reference vector-Jacobian product (da = act'(a) * dy * b, db = act(a) * dy)
 # in torch ops.
 
 _GATES = {
@@ -412,22 +399,6 @@ _GATES = {
     "gelu": torch.nn.functional.gelu,
     "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
 }
-
-
-def _gated_fwd_setup(ctx, inputs, output):
-    *tensors, ctx.activation = inputs
-    ctx.save_for_backward(*tensors)
-
-
-def _gated_chunk_fwd_backward(ctx, grad):
-    (input,) = ctx.saved_tensors
-    return ops.gated_chunk_bwd(grad, input, ctx.activation), None
-
-
-def _gated_fwd_backward(ctx, grad):
-    a, b = ctx.saved_tensors
-    da, db = ops.gated_bwd(grad, a, b, ctx.activation)
-    return da, db, None
 
 
 def _gated_double_backward(activation, grad_out, a, b, grad_da, grad_db):
@@ -468,12 +439,6 @@ def _gated_bwd_backward(ctx, grad_da, grad_db):
     return g_dy, g_a, g_b, None
 
 
-torch.library.register_autograd(
-    "fused_norm::gated_chunk_fwd", _gated_chunk_fwd_backward, setup_context=_gated_fwd_setup
-)
-torch.library.register_autograd(
-    "fused_norm::gated_fwd", _gated_fwd_backward, setup_context=_gated_fwd_setup
-)
 torch.library.register_autograd(
     "fused_norm::gated_chunk_bwd", _gated_chunk_bwd_backward, setup_context=_gated_chunk_bwd_setup
 )
