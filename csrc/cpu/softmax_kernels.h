@@ -7,10 +7,13 @@
 //
 // Two shapes of work. B == 1 (the last dim): each row of C contiguous elements is walked by
 // vectors along C, in passes that hit the cache after the first (max; sum of exp; write). B > 1:
-// vectors run along B, over a tile of kTileChunks chunks of B, and each pass walks c with stride
-// B, so that the slices of a tile are reduced lane by lane and nothing is transposed.
+// vectors run along B and each pass walks c with stride B, so that the slices are reduced lane by
+// lane and nothing is transposed: the forward over register tiles of kTileChunks chunks of B
+// (max and sum in registers), the backward over wide tiles of kWideTile elements of B (sums in an
+// L1 buffer, long contiguous runs per step).
 #pragma once
 
+#include "group_norm_kernels.h"  // for_each_chunk
 #include "kernel_utils.h"
 
 #include "../common/softmax_params.h"
@@ -209,15 +212,29 @@ void softmax_lastdim_bwd(const SoftmaxBwdParams& p) {
         }
       } else {
         // Scalar math: s = sum(dy * y); dx = y * (dy - s)
-        const acc_t dot = row_sum<T>(
-            N,
-            [&](int64_t i, AccVec& s) {
-              AccVec g[C::kParts], v[C::kParts];
-              C::load(dyr + i, g);
-              C::load(yr + i, v);
-              for (int k = 0; k < C::kParts; ++k) s = at::vec::fmadd(g[k], v[k], s);
-            },
-            [&](int64_t i) { return static_cast<acc_t>(dyr[i]) * static_cast<acc_t>(yr[i]); });
+        // The dot product is written out (no row_sum lambda): two loads per multiply-add, and
+        // the compiler keeps the kChains accumulators in registers only when it sees them whole.
+        AccVec acc[kChains];
+        for (int c = 0; c < kChains; ++c) acc[c] = AccVec(0);
+        int64_t j = 0;
+        for (; j + kChains * C::kSize <= N_vec; j += kChains * C::kSize) {
+          for (int c = 0; c < kChains; ++c) {
+            AccVec g[C::kParts], v[C::kParts];
+            C::load(dyr + j + c * C::kSize, g);
+            C::load(yr + j + c * C::kSize, v);
+            for (int k = 0; k < C::kParts; ++k) acc[c] = at::vec::fmadd(g[k], v[k], acc[c]);
+          }
+        }
+        for (; j < N_vec; j += C::kSize) {
+          AccVec g[C::kParts], v[C::kParts];
+          C::load(dyr + j, g);
+          C::load(yr + j, v);
+          for (int k = 0; k < C::kParts; ++k) acc[0] = at::vec::fmadd(g[k], v[k], acc[0]);
+        }
+        for (int c = 1; c < kChains; ++c) acc[0] = acc[0] + acc[c];
+        acc_t dot = at::vec::vec_reduce_all<acc_t>(
+            [](AccVec& a, AccVec& b) { return a + b; }, acc[0]);
+        for (; j < N; ++j) dot += static_cast<acc_t>(dyr[j]) * static_cast<acc_t>(yr[j]);
         const AccVec dot_vec(dot);
         for (int64_t i = 0; i < N_vec; i += C::kSize) {
           AccVec g[C::kParts], v[C::kParts];
@@ -366,60 +383,66 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
   });
 }
 
+// The backward's sums over c for kWideTile elements of B at a time, kept in an L1 buffer rather
+// than registers: each step over c then reads one contiguous run of kWideTile elements per array,
+// so the passes stream through memory (a few long runs that the prefetcher follows) where
+// register tiles of B read a few cache lines from each of C slices.
+constexpr int64_t kWideTile = 1024;
+
 template <typename T>
 void softmax_strided_bwd(const SoftmaxBwdParams& p) {
   using Ch = Chunk<T>;
+  using acc_t = typename Ch::acc_t;
   using AccVec = typename Ch::AccVec;
   constexpr int kParts = Ch::kParts;
+  constexpr int64_t kW = AccVec::size();
   const int64_t C = p.C, B = p.B;
   const T* dy = static_cast<const T*>(p.dy);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
-  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto chunks, auto count) {
-    constexpr int kChunks = decltype(chunks)::value;
-    const int64_t offset = a * C * B + b;
-    // softmax: s = sum(dy * y); log_softmax: s = sum(dy)
-    AccVec s[kChunks][kParts];
-    for (int t = 0; t < kChunks; ++t) {
-      for (int k = 0; k < kParts; ++k) s[t][k] = AccVec(0);
-    }
-    for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
-      AccVec part[kChunks][kParts];
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) part[t][k] = AccVec(0);
-      }
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        AccVec g[kChunks][kParts], v[kChunks][kParts];
-        load_chunks<T, kChunks>(dy + offset + c * B, g, count);
-        if (p.log) {
-          for (int t = 0; t < kChunks; ++t) {
-            for (int k = 0; k < kParts; ++k) part[t][k] = part[t][k] + g[t][k];
-          }
-        } else {
-          load_chunks<T, kChunks>(y + offset + c * B, v, count);
-          for (int t = 0; t < kChunks; ++t) {
+  const int64_t tiles_per_a = (B + kWideTile - 1) / kWideTile;
+  at::parallel_for(0, p.A * tiles_per_a, softmax_grain(C * std::min(B, kWideTile)),
+                   [&](int64_t begin, int64_t end) {
+    // Whole chunks of accumulators: the tail chunk's extra lanes add zeros (count loads).
+    std::vector<acc_t> sums(kWideTile + Ch::kSize), parts(kWideTile + Ch::kSize);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t a = item / tiles_per_a;
+      const int64_t b = (item % tiles_per_a) * kWideTile;
+      const int64_t w = std::min(B - b, kWideTile);
+      const int64_t offset = a * C * B + b;
+      // softmax: s = sum(dy * y); log_softmax: s = sum(dy), per element of B, in blocks of c.
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
+        std::fill(parts.begin(), parts.end(), acc_t(0));
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+            AccVec g[kParts], v[kParts];
+            Ch::load(dy + offset + c * B + j, g, count);
+            if (!p.log) Ch::load(y + offset + c * B + j, v, count);
             for (int k = 0; k < kParts; ++k) {
-              part[t][k] = at::vec::fmadd(g[t][k], v[t][k], part[t][k]);
+              acc_t* part = parts.data() + j + k * kW;
+              const AccVec old = AccVec::loadu(part);
+              (p.log ? old + g[k] : at::vec::fmadd(g[k], v[k], old)).store(part);
             }
+          });
+        }
+        for (int64_t j = 0; j < w; j += kW) {
+          (AccVec::loadu(sums.data() + j) + AccVec::loadu(parts.data() + j)).store(sums.data() + j);
+        }
+      });
+      // Scalar math: softmax dx = y * (dy - s); log_softmax dx = dy - exp(y) * s
+      for (int64_t c = 0; c < C; ++c) {
+        for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+          AccVec g[kParts], v[kParts];
+          Ch::load(dy + offset + c * B + j, g, count);
+          Ch::load(y + offset + c * B + j, v, count);
+          for (int k = 0; k < kParts; ++k) {
+            const AccVec sv = AccVec::loadu(sums.data() + j + k * kW);
+            g[k] = p.log ? g[k] - softmax_exp(v[k]) * sv : v[k] * (g[k] - sv);
           }
-        }
+          Ch::store(dx + offset + c * B + j, g, count);
+        });
       }
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) s[t][k] = s[t][k] + part[t][k];
-      }
-    });
-    // Scalar math: softmax dx = y * (dy - s); log_softmax dx = dy - exp(y) * s
-    for (int64_t c = 0; c < C; ++c) {
-      AccVec g[kChunks][kParts], v[kChunks][kParts];
-      load_chunks<T, kChunks>(dy + offset + c * B, g, count);
-      load_chunks<T, kChunks>(y + offset + c * B, v, count);
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) {
-          g[t][k] = p.log ? g[t][k] - softmax_exp(v[t][k]) * s[t][k]
-                          : v[t][k] * (g[t][k] - s[t][k]);
-        }
-      }
-      store_chunks<T, kChunks>(dx + offset + c * B, g, count);
     }
   });
 }
