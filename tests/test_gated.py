@@ -8,6 +8,9 @@ dtype.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import functools
 
 import pytest
@@ -185,3 +188,35 @@ def test_bad_input(device):
            lambda: fused_norm.swiglu(torch.ones(3, 4, dtype=torch.long, device=device)))
     with pytest.raises(ValueError, match="unknown activation 'relu'"):
         ops.gated_fwd(x, x, "relu")
+
+
+# Every CPU variant (portable, AVX2, AVX-512), each in a fresh process (the variant is picked once)
+CAPABILITY_CHECK = """
+import torch, torch.nn.functional as F, fused_norm
+torch.manual_seed(0)
+gates = (("silu", fused_norm.swiglu, F.silu), ("gelu", fused_norm.geglu, F.gelu))
+for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float64, 1e-10)):
+    for shape in ((3, 2), (5, 70), (2, 3, 1026)):
+        x = (2 * torch.randn(shape)).to(dtype).requires_grad_()
+        for name, ours, gate in gates:
+            y = ours(x)
+            dy = torch.randn(y.shape).to(dtype)
+            (dx,) = torch.autograd.grad(y, x, dy)
+            x64 = x.detach().double().requires_grad_()
+            a, b = x64.chunk(2, -1)
+            want = gate(a) * b
+            (want_dx,) = torch.autograd.grad(want, x64, dy.double())
+            for got, exp in ((y, want), (dx, want_dx)):
+                err = ((got.double() - exp).abs().max() / (exp.abs().max() + 1)).item()
+                assert err < tol * 10, (name, dtype, shape, err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_cpu_capability_variants(capability):
+    env = dict(os.environ, FUSED_NORM_CPU_CAPABILITY=capability)
+    result = subprocess.run([sys.executable, "-c", CAPABILITY_CHECK], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok"), result.stdout

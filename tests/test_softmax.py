@@ -7,6 +7,9 @@ The oracle is torch evaluated in float64 on the upcast inputs, rounded to the re
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -242,3 +245,36 @@ def test_bad_input(device, name):
         for dim in (-1, 0):
             raises_like(lambda: ours(t, dim), lambda: theirs(t, dim))
     raises_like(lambda: ours(x, 0, dtype=torch.long), lambda: theirs(x, 0, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------------------------
+# Every CPU variant (portable, AVX2, AVX-512), each in a fresh process (the variant is picked once)
+
+CAPABILITY_CHECK = """
+import torch, torch.nn.functional as F, fused_norm
+torch.manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float64, 1e-10)):
+    for shape, dim in (((3, 37), -1), ((2, 1000), -1), ((4, 37, 5), 1), ((2, 9, 100), 1),
+                       ((70, 3), 0)):
+        x = (3 * torch.randn(shape)).to(dtype).requires_grad_()
+        dy = torch.randn(shape).to(dtype)
+        for ours, theirs in ((fused_norm.softmax, F.softmax), (fused_norm.log_softmax, F.log_softmax)):
+            y = ours(x, dim)
+            (dx,) = torch.autograd.grad(y, x, dy)
+            x64 = x.detach().double().requires_grad_()
+            want = theirs(x64, dim)
+            (want_dx,) = torch.autograd.grad(want, x64, dy.double())
+            for got, exp in ((y, want), (dx, want_dx)):
+                err = ((got.double() - exp).abs().max() / (exp.abs().max() + 1)).item()
+                assert err < tol * 10, (ours.__name__, dtype, shape, dim, err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_cpu_capability_variants(capability):
+    env = dict(os.environ, FUSED_NORM_CPU_CAPABILITY=capability)
+    result = subprocess.run([sys.executable, "-c", CAPABILITY_CHECK], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok"), result.stdout
