@@ -48,4 +48,19 @@ TORCH_LIBRARY(fused_norm, m) {
       "group_norm_bwd(Tensor grad_out, Tensor input, int num_groups, Tensor mean, Tensor rstd, "
       "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask) -> (Tensor, Tensor, "
       "Tensor)");
+
+  // Softmax and LogSoftmax (log = true) over `dim` (wrapped like torch's; a 0-dim tensor takes
+  // -1 or 0). The output is contiguous, in the input's dtype: torch's dtype= argument is a cast
+  // before the op. The backward needs the forward's output only.
+  m.def("softmax_fwd(Tensor input, int dim, bool log) -> Tensor");
+  m.def("softmax_bwd(Tensor grad_out, Tensor output, int dim, bool log) -> Tensor");
+
+  // Gated units: act(a) * b with act "silu" (SwiGLU), "gelu" or "gelu_tanh" (GeGLU). The chunk
+  // ops take a, b = input.chunk(2, -1) (the gate on the first half) and give the gradient of the
+  // whole input; the others take a and b of one shape. Outputs are contiguous. The backward
+  // recomputes act(a): nothing but the inputs is saved.
+  m.def("gated_chunk_fwd(Tensor input, str activation) -> Tensor");
+  m.def("gated_chunk_bwd(Tensor grad_out, Tensor input, str activation) -> Tensor");
+  m.def("gated_fwd(Tensor a, Tensor b, str activation) -> Tensor");
+  m.def("gated_bwd(Tensor grad_out, Tensor a, Tensor b, str activation) -> (Tensor, Tensor)");
 }

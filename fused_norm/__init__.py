@@ -11,12 +11,15 @@ from .modules import (
     BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
     LayerNorm, RMSNorm, SyncBatchNorm,
 )
+from .gated import GeGLU, SwiGLU, geglu, swiglu
+from .softmax import LogSoftmax, Softmax, log_softmax, softmax
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
-    "InstanceNorm3d", "LayerNorm", "RMSNorm", "SyncBatchNorm", "batch_norm", "batch_norm_add_relu",
-    "batch_norm_relu", "fold_batch_norm", "group_norm", "group_norm_act", "instance_norm",
-    "layer_norm", "reference", "rms_norm",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GeGLU", "GroupNorm", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LogSoftmax", "RMSNorm", "Softmax", "SwiGLU",
+    "SyncBatchNorm", "batch_norm", "batch_norm_add_relu", "batch_norm_relu", "fold_batch_norm",
+    "geglu", "group_norm", "group_norm_act", "instance_norm", "layer_norm", "log_softmax",
+    "reference", "rms_norm", "softmax", "swiglu",
 ]

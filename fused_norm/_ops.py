@@ -144,6 +144,47 @@ def _group_norm_bwd_fake(grad_out, input, num_groups, mean, rstd, weight, bias, 
     )
 
 
+@torch.library.register_fake("fused_norm::softmax_fwd")
+def _softmax_fwd_fake(input, dim, log):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_norm::softmax_bwd")
+def _softmax_bwd_fake(grad_out, output, dim, log):
+    return torch.empty_like(output, memory_format=torch.contiguous_format)
+
+
+def _check_halving(input):
+    """torch.nn.functional.glu's checks of the halved last dim, as the kernels make them."""
+    torch._check(input.dim() > 0,
+                 lambda: "glu does not support scalars because halving size must be even")
+    torch._check(input.shape[-1] % 2 == 0,
+                 lambda: f"Halving dimension must be even, but dimension {input.dim() - 1} is "
+                         f"size {input.shape[-1]}")
+
+
+@torch.library.register_fake("fused_norm::gated_chunk_fwd")
+def _gated_chunk_fwd_fake(input, activation):
+    _check_halving(input)
+    return input.new_empty((*input.shape[:-1], input.shape[-1] // 2))
+
+
+@torch.library.register_fake("fused_norm::gated_chunk_bwd")
+def _gated_chunk_bwd_fake(grad_out, input, activation):
+    _check_halving(input)
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("fused_norm::gated_fwd")
+def _gated_fwd_fake(a, b, activation):
+    return a.new_empty(a.shape)
+
+
+@torch.library.register_fake("fused_norm::gated_bwd")
+def _gated_bwd_fake(grad_out, a, b, activation):
+    return a.new_empty(a.shape), a.new_empty(a.shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd. The forward ops' autograd is C++ (csrc/common/norm_autograd.cpp: it calls the
 # backward op); the backward ops' own backward (double backward) is here and differentiates the
@@ -299,9 +340,99 @@ torch.library.register_autograd(
 )
 
 
+# Softmax: the forward op's autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# backward op on the saved output); the backward op's own backward is written out below in torch
+# ops (themselves differentiable, so higher orders work too). With g = grad_out, y = output, v = the gradient of dx, sums over dim:
+#   softmax     dx = y * (g - sum(g * y)):  dg = y * (v - sum(v * y))   (the backward op again)
+#                                           dy = v * (g - sum(g * y)) - g * sum(v * y)
+#   log_softmax dx = g - exp(y) * sum(g):   dg = v - sum(v * exp(y)),  dy = -v * exp(y) * sum(g)
+
+
+def _softmax_bwd_setup(ctx, inputs, output):
+    grad_out, output_fwd, ctx.dim, ctx.log = inputs
+    ctx.save_for_backward(grad_out, output_fwd)
+
+
+def _softmax_bwd_backward(ctx, v):
+    g, y = ctx.saved_tensors
+    dim = ctx.dim
+    if ctx.log:
+        exp_y = y.exp()
+        grad_g = v - (v * exp_y).sum(dim, keepdim=True)
+        grad_y = -v * exp_y * g.sum(dim, keepdim=True)
+    else:
+        grad_g = ops.softmax_bwd(v, y, dim, False)
+        grad_y = (v * (g - (g * y).sum(dim, keepdim=True))
+                  - g * (v * y).sum(dim, keepdim=True))
+    return grad_g, grad_y, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::softmax_bwd", _softmax_bwd_backward, setup_context=_softmax_bwd_setup
+)
+
+
+# Gated units: the forward ops' autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# backward ops on the saved inputs); the backward ops' own backward differentiates the reference vector-Jacobian product (da = act'(a) * dy * b, db = act(a) * dy)
+# in torch ops.
+
+_GATES = {
+    "silu": torch.nn.functional.silu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+}
+
+
+def _gated_double_backward(activation, grad_out, a, b, grad_da, grad_db):
+    """Gradients of (da, db) w.r.t. (grad_out, a, b), given the gradients of da and db."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        dy, a, b = (t.detach().requires_grad_() for t in (grad_out, a, b))
+        gate = _GATES[activation](a)
+        (da,) = torch.autograd.grad(gate, a, dy * b, create_graph=True)
+        db = gate * dy
+        pairs = [(o, g) for o, g in ((da, grad_da), (db, grad_db)) if g is not None]
+        return torch.autograd.grad([o for o, _ in pairs], (dy, a, b), [g for _, g in pairs],
+                                   create_graph=create_graph, allow_unused=True,
+                                   materialize_grads=True)
+
+
+def _gated_chunk_bwd_setup(ctx, inputs, output):
+    grad_out, input, ctx.activation = inputs
+    ctx.save_for_backward(grad_out, input)
+
+
+def _gated_chunk_bwd_backward(ctx, grad_dx):
+    grad_out, input = ctx.saved_tensors
+    a, b = input.chunk(2, -1)
+    grad_da, grad_db = grad_dx.chunk(2, -1)
+    g_dy, g_a, g_b = _gated_double_backward(ctx.activation, grad_out, a, b, grad_da, grad_db)
+    return g_dy, torch.cat([g_a, g_b], -1), None
+
+
+def _gated_bwd_setup(ctx, inputs, output):
+    grad_out, a, b, ctx.activation = inputs
+    ctx.save_for_backward(grad_out, a, b)
+
+
+def _gated_bwd_backward(ctx, grad_da, grad_db):
+    grad_out, a, b = ctx.saved_tensors
+    g_dy, g_a, g_b = _gated_double_backward(ctx.activation, grad_out, a, b, grad_da, grad_db)
+    return g_dy, g_a, g_b, None
+
+
+torch.library.register_autograd(
+    "fused_norm::gated_chunk_bwd", _gated_chunk_bwd_backward, setup_context=_gated_chunk_bwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::gated_bwd", _gated_bwd_backward, setup_context=_gated_bwd_setup
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
-# from torch 2.13, rms_norm) in float32; under CPU autocast it leaves both in the input dtype.
+# from torch 2.13, rms_norm), group_norm, softmax and log_softmax in float32; under CPU autocast
+# it leaves them in the input dtype.
 
 
 def _torch_autocasts(aten_op, dispatch_key):
@@ -309,7 +440,8 @@ def _torch_autocasts(aten_op, dispatch_key):
 
 
 for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm"),
-                       ("group_norm_fwd", "aten::group_norm")):
+                       ("group_norm_fwd", "aten::group_norm"),
+                       ("softmax_fwd", "aten::softmax.int")):
     for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
         if _torch_autocasts(_theirs, _key):
             torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)

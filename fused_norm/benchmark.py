@@ -123,6 +123,50 @@ class GroupNorm:
                 lambda *_: F.group_norm(x, 32, w, b))
 
 
+class Softmax:
+    """Softmax / LogSoftmax of an (M, N) tensor over its last dim (a row problem) or its first
+    (dim0: a strided one, no transpose). Bytes: forward reads x and writes y; backward reads y
+    and dy and writes dx."""
+
+    cuda_shapes = [(32768, 4096), (4096, 32768), (1024, 131072)]
+    cpu_shapes = [(8192, 128), (1024, 1024), (128, 8192), (16, 131072)]
+    layouts = ["contiguous", "dim0"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def __init__(self, log):
+        self.ours = fused_norm.log_softmax if log else fused_norm.softmax
+        self.theirs = F.log_softmax if log else F.softmax
+
+    def make(self, shape, layout, device, dtype):
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        dim = 0 if layout == "dim0" else -1
+        return [x], (lambda *_: self.ours(x, dim)), (lambda *_: self.theirs(x, dim))
+
+
+class Gated:
+    """SwiGLU / GeGLU of an (M, 2H) tensor: act(a) * b with a, b = x.chunk(2, -1), against the
+    composite in torch. Bytes, in units of x: forward reads x and writes y (half of x); backward
+    reads x and dy (half) and writes dx."""
+
+    # x of 2^28 elements: the output is 2^27, the activations' size.
+    cuda_shapes = [(16384, 16384), (65536, 4096)]
+    cpu_shapes = [(1024, 2048), (128, 16384)]
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 1.5, 2.5
+
+    def __init__(self, ours, gate):
+        self.ours, self.gate = ours, gate
+
+    def make(self, shape, layout, device, dtype):
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
+        def theirs(*_):
+            a, b = x.chunk(2, -1)
+            return self.gate(a) * b
+
+        return [x], (lambda *_: self.ours(x)), theirs
+
+
 OPS = {
     "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
@@ -134,6 +178,10 @@ OPS = {
     "group_norm": GroupNorm("group_norm"),
     "group_norm_silu": GroupNorm("group_norm_silu"),
     "instance_norm": GroupNorm("instance_norm"),
+    "softmax": Softmax(log=False),
+    "log_softmax": Softmax(log=True),
+    "swiglu": Gated(fused_norm.swiglu, F.silu),
+    "geglu": Gated(fused_norm.geglu, F.gelu),
 }
 
 
@@ -213,7 +261,8 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
                     if compile_peer:
                         impls["torch.compile"] = torch.compile(theirs, dynamic=False)
                     x = inputs[0]
-                    dy = torch.randn_like(x)
+                    with torch.no_grad():
+                        dy = torch.randn_like(ours())  # the output's shape (not x's for GLUs)
                     tensor_bytes = x.numel() * x.element_size()
                     copy_dst = torch.empty_like(x)
                     (copy_time,) = measure([lambda: copy_dst.copy_(x.detach())], reps)
@@ -244,7 +293,7 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer):
 
 def print_row(row, impls):
     peers = [name for name in impls if name != "fused_norm"]
-    layout = " cl" if row["layout"] == "channels_last" else ""
+    layout = {"contiguous": "", "channels_last": " cl"}.get(row["layout"], " " + row["layout"])
     cells = [f"{row['op']:<10} {row['dtype']:<8} {row['shape'] + layout:>18} {row['direction']}"]
     for name in impls:
         cells.append(

@@ -8,8 +8,10 @@
 #include <ATen/Parallel.h>
 
 #include "../common/column_norm.h"
+#include "../common/gated.h"
 #include "../common/group_norm.h"
 #include "../common/row_norm.h"
+#include "../common/softmax.h"
 
 namespace fused_norm {
 namespace cpu {
@@ -125,6 +127,42 @@ const GroupNormBackend& group_norm_backend() {
   return backend;
 }
 
+SoftmaxBackend make_softmax_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::softmax_fwd, AVX512::softmax_bwd, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::softmax_fwd, AVX2::softmax_bwd, cpu_threads};
+#endif
+    default:
+      return {DEFAULT::softmax_fwd, DEFAULT::softmax_bwd, cpu_threads};
+  }
+}
+
+const SoftmaxBackend& softmax_backend() {
+  static const SoftmaxBackend backend = make_softmax_backend();
+  return backend;
+}
+
+GatedBackend make_gated_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::gated_fwd, AVX512::gated_bwd, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::gated_fwd, AVX2::gated_bwd, cpu_threads};
+#endif
+    default:
+      return {DEFAULT::gated_fwd, DEFAULT::gated_bwd, cpu_threads};
+  }
+}
+
+const GatedBackend& gated_backend() {
+  static const GatedBackend backend = make_gated_backend();
+  return backend;
+}
+
 }  // namespace
 }  // namespace cpu
 
@@ -132,6 +170,8 @@ TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_row_norm_kernels<cpu::row_norm_backend>(m);
   register_column_norm_kernels<cpu::column_norm_backend>(m);
   register_group_norm_kernels<cpu::group_norm_backend>(m);
+  register_softmax_kernels<cpu::softmax_backend>(m);
+  register_gated_kernels<cpu::gated_backend>(m);
 }
 
 }  // namespace fused_norm

@@ -38,15 +38,6 @@ inline int64_t group_norm_splits(int64_t rows, int64_t D, int64_t L, int paralle
       1, std::min({(threads + rows - 1) / rows, D, L / kMinPieceElements}));
 }
 
-// Calls f(i, count) for each chunk of a run of `len` elements: count is Chunk<T>::Full for the
-// whole chunks, then the element count of the final partial chunk, if any.
-template <typename C, typename F>
-C10_ALWAYS_INLINE void for_each_chunk(int64_t len, F&& f) {
-  int64_t i = 0;
-  for (; i + C::kSize <= len; i += C::kSize) f(i, typename C::Full());
-  if (i < len) f(i, len - i);
-}
-
 // Two sums over a run of `len` elements, add_chunk(i, count, s1, s2) adding each chunk (count as
 // in for_each_chunk) into two vector sums: row_sums over the whole chunks (chains, double
 // flushes), plus the masked final chunk.

@@ -13,3 +13,7 @@ size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, in
 void group_norm_fwd(const GroupNormFwdParams& p);
 void group_norm_bwd(const GroupNormBwdParams& p);
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
+void softmax_fwd(const SoftmaxFwdParams& p);
+void softmax_bwd(const SoftmaxBwdParams& p);
+void gated_fwd(const GatedFwdParams& p);
+void gated_bwd(const GatedBwdParams& p);

@@ -132,6 +132,15 @@ void dispatch_x_dtype(DType dtype, F&& f) {
   }
 }
 
+// Calls f(i, count) for each chunk of a run of `len` elements: count is Chunk<T>::Full for the
+// whole chunks, then the element count of the final partial chunk, if any.
+template <typename C, typename F>
+C10_ALWAYS_INLINE void for_each_chunk(int64_t len, F&& f) {
+  int64_t i = 0;
+  for (; i + C::kSize <= len; i += C::kSize) f(i, typename C::Full());
+  if (i < len) f(i, len - i);
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fused_norm

@@ -14,8 +14,10 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "column_norm_kernels.h"
+#include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
+#include "softmax_kernels.h"
 // Proof that at::vec took its AVX2 specialisation rather than the portable one.
 static_assert(std::is_convertible_v<at::vec::Vectorized<float>, __m256>, "AVX2 Vectorized expected");
 #pragma GCC pop_options

@@ -18,8 +18,10 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "column_norm_kernels.h"
+#include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
+#include "softmax_kernels.h"
 // Proof that at::vec took its AVX-512 specialisation rather than the portable one.
 static_assert(std::is_convertible_v<at::vec::Vectorized<float>, __m512>, "AVX-512 Vectorized expected");
 #pragma GCC pop_options

@@ -1,5 +1,7 @@
 // The CPU kernels for any x86-64/ARM CPU: at::vec's portable Vectorized.
 #define CPU_CAPABILITY DEFAULT
 #include "column_norm_kernels.h"
+#include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
+#include "softmax_kernels.h"

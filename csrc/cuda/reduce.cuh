@@ -65,6 +65,32 @@ __device__ __forceinline__ void block_sum(T (&v)[kK], BlockSumScratch<kK, T>& sc
   warp_sum<kK>(v);
 }
 
+// ---- maxima -----------------------------------------------------------------------------------
+// fmax drops a NaN operand; the softmax kernels that use these let NaN through their sums
+// instead, which is where torch's results get theirs.
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v = fmax(v, __shfl_xor_sync(kFullMask, v, offset));
+  }
+  return v;
+}
+
+// Every thread of the (1-D) block ends with the block-wide maximum. One barrier; same scratch
+// reuse rule as block_sum (scratch: one value per warp).
+template <typename T>
+__device__ __forceinline__ T block_max(T v, T (&scratch)[kWarpSize]) {
+  v = warp_max(v);
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int num_warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  return warp_max(lane < num_warps ? scratch[lane] : scratch[0]);
+}
+
 // Every thread of every block of the cluster ends with the cluster-wide sums of the per-block
 // values `v` (already block-reduced, identical in all threads of a block). One cluster barrier.
 // `slot` is kK values of this block's shared memory; same reuse rule as block_sum: alternate two

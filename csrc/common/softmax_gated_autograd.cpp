@@ -1,0 +1,122 @@
+// Autograd of the softmax and gated-unit forward ops, in C++ like the row norms'
+// (norm_autograd.cpp): torch.library's Python register_autograd costs tens of microseconds
+// per call, as much as a whole softmax backward of a few MB on CPU. The backward calls the
+// backward op through the dispatcher, so that double backward goes through that op's own
+// autograd (fused_norm/_ops.py) and torch.compile traces it like any op.
+#include <string>
+#include <tuple>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fused_norm {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Input: input, dim, log. Saves the output: the backward needs nothing else.
+class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, int64_t dim, bool log) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fused_norm::softmax_fwd", "")
+                               .typed<at::Tensor(const at::Tensor&, int64_t, bool)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(input, dim, log);
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["log"] = log;
+    ctx->save_for_backward({y});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::softmax_bwd", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+    const at::Tensor y = ctx->get_saved_variables()[0];
+    at::Tensor dx = op.call(grads[0], y, ctx->saved_data["dim"].toInt(),
+                            ctx->saved_data["log"].toBool());
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+// Input: input (a, b = input.chunk(2, -1)), activation. Saves the input.
+class GatedChunkFunction : public torch::autograd::Function<GatedChunkFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            c10::string_view activation) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fused_norm::gated_chunk_fwd", "")
+                               .typed<at::Tensor(const at::Tensor&, c10::string_view)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(input, activation);
+    ctx->saved_data["activation"] = std::string(activation.data(), activation.size());
+    ctx->save_for_backward({input});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::gated_chunk_bwd", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
+    const at::Tensor input = ctx->get_saved_variables()[0];
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    return {op.call(grads[0], input, activation), at::Tensor()};
+  }
+};
+
+// Inputs: a, b, activation. Saves a and b.
+class GatedFunction : public torch::autograd::Function<GatedFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
+                            c10::string_view activation) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::gated_fwd", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(a, b, activation);
+    ctx->saved_data["activation"] = std::string(activation.data(), activation.size());
+    ctx->save_for_backward({a, b});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::gated_bwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, c10::string_view)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    auto [da, db] = op.call(grads[0], saved[0], saved[1], activation);
+    return {da, db, at::Tensor()};
+  }
+};
+
+at::Tensor softmax_fwd_autograd(const at::Tensor& input, int64_t dim, bool log) {
+  return SoftmaxFunction::apply(input, dim, log);
+}
+
+at::Tensor gated_chunk_fwd_autograd(const at::Tensor& input, c10::string_view activation) {
+  return GatedChunkFunction::apply(input, activation);
+}
+
+at::Tensor gated_fwd_autograd(const at::Tensor& a, const at::Tensor& b,
+                              c10::string_view activation) {
+  return GatedFunction::apply(a, b, activation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
+  m.impl("softmax_fwd", TORCH_FN(softmax_fwd_autograd));
+  m.impl("gated_chunk_fwd", TORCH_FN(gated_chunk_fwd_autograd));
+  m.impl("gated_fwd", TORCH_FN(gated_fwd_autograd));
+}
+
+}  // namespace fused_norm
