@@ -2,6 +2,11 @@
 
 from . import _ops  # noqa: F401  (registers fake kernels, autograd and autocast)
 from . import reference
+from .activations import (
+    CELU, ELU, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, Mish, PReLU, ReLU, ReLU6, RReLU,
+    SELU, Sigmoid, SiLU, Softplus, Tanh, celu, elu, gelu, hardsigmoid, hardswish, hardtanh,
+    leaky_relu, mish, prelu, relu, relu6, rrelu, selu, sigmoid, silu, softplus, tanh,
+)
 from .fold import fold_batch_norm
 from .functional import (
     batch_norm, batch_norm_add_relu, batch_norm_relu, group_norm, group_norm_act, instance_norm,
@@ -15,6 +20,10 @@ from .modules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "Mish", "PReLU",
+    "ReLU", "ReLU6", "RReLU", "SELU", "Sigmoid", "SiLU", "Softplus", "Tanh", "celu", "elu", "gelu",
+    "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish", "prelu", "relu", "relu6",
+    "rrelu", "selu", "sigmoid", "silu", "softplus", "tanh",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
     "InstanceNorm3d", "LayerNorm", "RMSNorm", "SyncBatchNorm", "batch_norm", "batch_norm_add_relu",
     "batch_norm_relu", "fold_batch_norm", "group_norm", "group_norm_act", "instance_norm",

@@ -6,6 +6,7 @@
 
 #include "kernel_utils.h"
 
+#include "../common/activation_params.h"  // ActKind, ActivationArgs
 #include "../common/group_norm_params.h"  // Activation
 
 namespace fused_norm {
@@ -138,6 +139,195 @@ struct ActivationMath<Activation::kMish> {
     return dy * at::vec::fmadd(z * sigmoid, one - t * t, t);
   }
 };
+
+// ---- The standalone activations (csrc/common/activation_params.h) ------------------------------
+// ActOp<kKind, acc_t> holds the kind's runtime arguments in acc_t and gives fwd(x) = act(x) and
+// bwd(dy, saved) = dy * act'(.) on Vectorized<acc_t>. The kinds the norms fuse reuse
+// ActivationMath above. Where torch's backward tests x with a compare, the masks are those of
+// torch's vectorized CPU kernels (what torch gives for all but a tensor's last few elements), so
+// that a NaN x, or an x exactly at a kink, gets torch's answer.
+template <ActKind kKind, typename acc_t>
+struct ActOp;
+
+// The activations shared with the norms: no arguments.
+template <Activation kAct, typename acc_t>
+struct NormActOp {
+  using V = Vectorized<acc_t>;
+  explicit NormActOp(const ActivationArgs&) {}
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return ActivationMath<kAct>::fwd(x); }
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const { return ActivationMath<kAct>::grad(x, dy); }
+};
+template <typename acc_t>
+struct ActOp<ActKind::kRelu, acc_t> : NormActOp<Activation::kRelu, acc_t> {
+  using NormActOp<Activation::kRelu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kSilu, acc_t> : NormActOp<Activation::kSilu, acc_t> {
+  using NormActOp<Activation::kSilu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kGelu, acc_t> : NormActOp<Activation::kGelu, acc_t> {
+  using NormActOp<Activation::kGelu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kGeluTanh, acc_t> : NormActOp<Activation::kGeluTanh, acc_t> {
+  using NormActOp<Activation::kGeluTanh, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kMish, acc_t> : NormActOp<Activation::kMish, acc_t> {
+  using NormActOp<Activation::kMish, acc_t>::NormActOp;
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kLeakyRelu, acc_t> {
+  using V = Vectorized<acc_t>;
+  V slope;
+  explicit ActOp(const ActivationArgs& a) : slope(static_cast<acc_t>(a.arg[0])) {}
+  // Scalar math: y = x > 0 ? x : x * slope
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return V::blendv(x * slope, x, x > V(0)); }
+  // Scalar math: dx = x > 0 ? dy : dy * slope
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(dy * slope, dy, x > V(0));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kElu, acc_t> {
+  using V = Vectorized<acc_t>;
+  V neg_coef, pos_coef, input_scale;
+  explicit ActOp(const ActivationArgs& a)
+      : neg_coef(static_cast<acc_t>(a.arg[0] * a.arg[1])),
+        pos_coef(static_cast<acc_t>(a.arg[1])),
+        input_scale(static_cast<acc_t>(a.arg[2])) {}
+  // Scalar math: y = x <= 0 ? alpha * scale * expm1(x * input_scale) : scale * x
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return V::blendv(x * pos_coef, (x * input_scale).expm1() * neg_coef, x <= V(0));
+  }
+  // Scalar math: dx = x > 0 ? dy * scale
+  //                         : dy * input_scale * alpha * scale * exp(x * input_scale)
+  // (a NaN x takes the second branch: NaN, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V neg = dy * input_scale * neg_coef * (x * input_scale).exp();
+    return V::blendv(neg, dy * pos_coef, x > V(0));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardtanh, acc_t> {
+  using V = Vectorized<acc_t>;
+  V lo, hi;
+  explicit ActOp(const ActivationArgs& a)
+      : lo(static_cast<acc_t>(a.arg[0])), hi(static_cast<acc_t>(a.arg[1])) {}
+  // Scalar math: y = min(max(x, lo), hi), NaN kept (at::vec's minimum/maximum propagate it)
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return at::vec::minimum(at::vec::maximum(x, lo), hi);
+  }
+  // Scalar math: dx = (lo < x < hi) ? dy : 0   (a NaN x gets 0, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(V(0), dy, (x > lo) & (x < hi));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardswish, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = x * min(max(x + 3, 0), 6) / 6
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return x * at::vec::minimum(at::vec::maximum(x + V(3), V(0)), V(6)) / V(6);
+  }
+  // Scalar math: dx = x < -3 ? 0 : (x >= 3 ? dy : dy * (x / 3 + 0.5))
+  // (a NaN x gets NaN, x == 3 gets dy, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V mid = V::blendv(dy * (x / V(3) + V(0.5)), dy, x >= V(3));
+    return V::blendv(mid, V(0), x < V(-3));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardsigmoid, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = min(max(x + 3, 0), 6) / 6
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return at::vec::minimum(at::vec::maximum(x + V(3), V(0)), V(6)) / V(6);
+  }
+  // Scalar math: dx = (-3 < x < 3) ? dy / 6 : 0
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(V(0), dy / V(6), (x > V(-3)) & (x < V(3)));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kSigmoid, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = 1 / (1 + exp(-x))
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return V(1) / (V(1) + x.neg().exp()); }
+  // From the output. Scalar math: dx = dy * (1 - y) * y
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& y) const { return dy * (V(1) - y) * y; }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kTanh, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return x.tanh(); }
+  // From the output. Scalar math: dx = dy * (1 - y^2)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& y) const { return dy * (V(1) - y * y); }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kSoftplus, acc_t> {
+  using V = Vectorized<acc_t>;
+  V beta, threshold;
+  explicit ActOp(const ActivationArgs& a)
+      : beta(static_cast<acc_t>(a.arg[0])), threshold(static_cast<acc_t>(a.arg[1])) {}
+  // Scalar math: y = x * beta > threshold ? x : log1p(exp(x * beta)) / beta
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    const V bx = x * beta;
+    return V::blendv(bx.exp().log1p() / beta, x, bx > threshold);
+  }
+  // Scalar math: z = exp(x * beta); dx = x * beta > threshold ? dy : dy * z / (z + 1)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V bx = x * beta;
+    const V z = bx.exp();
+    return V::blendv(dy * z / (z + V(1)), dy, bx > threshold);
+  }
+};
+
+// RReLU with drawn slopes r (torch's rrelu_with_noise): the branch is x <= 0, so a NaN x passes.
+template <typename acc_t>
+struct RreluNoiseOp {
+  using V = Vectorized<acc_t>;
+  // Scalar math: y = x <= 0 ? x * r : x
+  C10_ALWAYS_INLINE V fwd(const V& x, const V& r) const { return V::blendv(x, x * r, x <= V(0)); }
+  // Scalar math: dx = x <= 0 ? dy * r : dy
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x, const V& r) const {
+    return V::blendv(dy, dy * r, x <= V(0));
+  }
+};
+
+// Calls f(std::integral_constant<ActKind, kKind>()): the runtime kind as a template argument.
+template <typename F>
+void dispatch_act_kind(ActKind kind, F&& f) {
+  using K = ActKind;
+  switch (kind) {
+    case K::kRelu: f(std::integral_constant<K, K::kRelu>()); break;
+    case K::kLeakyRelu: f(std::integral_constant<K, K::kLeakyRelu>()); break;
+    case K::kElu: f(std::integral_constant<K, K::kElu>()); break;
+    case K::kGelu: f(std::integral_constant<K, K::kGelu>()); break;
+    case K::kGeluTanh: f(std::integral_constant<K, K::kGeluTanh>()); break;
+    case K::kSilu: f(std::integral_constant<K, K::kSilu>()); break;
+    case K::kHardswish: f(std::integral_constant<K, K::kHardswish>()); break;
+    case K::kHardsigmoid: f(std::integral_constant<K, K::kHardsigmoid>()); break;
+    case K::kHardtanh: f(std::integral_constant<K, K::kHardtanh>()); break;
+    case K::kMish: f(std::integral_constant<K, K::kMish>()); break;
+    case K::kSigmoid: f(std::integral_constant<K, K::kSigmoid>()); break;
+    case K::kTanh: f(std::integral_constant<K, K::kTanh>()); break;
+    case K::kSoftplus: f(std::integral_constant<K, K::kSoftplus>()); break;
+  }
+}
 
 // Calls f(std::integral_constant<Activation, kAct>()): the runtime activation as a template
 // argument.

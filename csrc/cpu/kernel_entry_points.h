@@ -13,3 +13,10 @@ size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, in
 void group_norm_fwd(const GroupNormFwdParams& p);
 void group_norm_bwd(const GroupNormBwdParams& p);
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p);
+void activation_fwd(const ActivationFwdParams& p);
+void activation_bwd(const ActivationBwdParams& p);
+void rrelu_fwd(const RreluParams& p);
+void rrelu_bwd(const RreluParams& p);
+void prelu_fwd(const PreluFwdParams& p);
+void prelu_bwd(const PreluBwdParams& p);
+size_t prelu_bwd_workspace_bytes(const PreluBwdParams& p);
