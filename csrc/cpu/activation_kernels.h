@@ -18,11 +18,27 @@ namespace CPU_CAPABILITY {
 // (torch's own GRAIN_SIZE for elementwise ops).
 constexpr int64_t kActGrain = 32768;
 
-// out[i] = f(in[0][i], ..., in[kIn-1][i]) for i in [0, n), f taking one opmath vector per input
-// and returning one.
-template <typename T, int kIn, typename F>
+// A chunk of T kept as one Vectorized<T>, for math that is exact in T itself.
+template <typename T>
+struct NativeChunk {
+  using AccVec = Vectorized<T>;
+  static constexpr int64_t kSize = AccVec::size();
+  static constexpr int kParts = 1;
+  using Full = std::integral_constant<int64_t, kSize>;
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[1], Full) { v[0] = AccVec::loadu(p); }
+  static C10_ALWAYS_INLINE void load(const T* p, AccVec (&v)[1], int64_t count) {
+    v[0] = AccVec::loadu(p, count);
+  }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[1], Full) { v[0].store(p); }
+  static C10_ALWAYS_INLINE void store(T* p, const AccVec (&v)[1], int64_t count) {
+    v[0].store(p, count);
+  }
+};
+
+// out[i] = f(in[0][i], ..., in[kIn-1][i]) for i in [0, n), f taking one vector per input and
+// returning one: vectors of the opmath type (C = Chunk<T>, the default) or of T (NativeChunk).
+template <typename T, int kIn, typename C = Chunk<T>, typename F>
 void elementwise(const T* const (&in)[kIn], T* out, int64_t n, const F& f) {
-  using C = Chunk<T>;
   using AccVec = typename C::AccVec;
   auto chunk = [&](int64_t i, auto count) {
     AccVec v[kIn][C::kParts];
@@ -48,27 +64,45 @@ void elementwise(const T* const (&in)[kIn], T* out, int64_t n, const F& f) {
   });
 }
 
+// Kinds whose 16-bit result equals the opmath result rounded back, so that they run on
+// Vectorized<T> without widening (most of the work of a memory-bound kind): ReLU is a compare
+// and a select, exact in any type. (Hardtanh would be too, but at::vec's 16-bit minimum and
+// maximum widen internally and drop NaN: it stays in opmath.)
+template <ActKind kKind>
+constexpr bool kNativeFwd = kKind == ActKind::kRelu;
+template <ActKind kKind>
+constexpr bool kNativeBwd = kKind == ActKind::kRelu;
+
+// The math type and chunk of T for a kind: T itself where kNative and T is a 16-bit type.
+template <typename T, bool kNative>
+constexpr bool kInStorage = kNative && !std::is_same_v<T, at::opmath_type<T>>;
+template <typename T, bool kNative>
+using MathT = std::conditional_t<kInStorage<T, kNative>, T, at::opmath_type<T>>;
+template <typename T, bool kNative>
+using ChunkT = std::conditional_t<kInStorage<T, kNative>, NativeChunk<T>, Chunk<T>>;
+
 template <typename T>
 void activation_fwd_typed(const ActivationFwdParams& p) {
-  using acc_t = at::opmath_type<T>;
   dispatch_act_kind(p.act.kind, [&](auto kind) {
-    const ActOp<decltype(kind)::value, acc_t> op(p.act);
+    constexpr bool kNative = kNativeFwd<decltype(kind)::value>;
+    using M = MathT<T, kNative>;
+    const ActOp<decltype(kind)::value, M> op(p.act);
     const T* const in[1] = {static_cast<const T*>(p.x)};
-    elementwise<T, 1>(in, static_cast<T*>(p.y), p.numel,
-                      [&](const Vectorized<acc_t>& x) { return op.fwd(x); });
+    elementwise<T, 1, ChunkT<T, kNative>>(in, static_cast<T*>(p.y), p.numel,
+                                          [&](const Vectorized<M>& x) { return op.fwd(x); });
   });
 }
 
 template <typename T>
 void activation_bwd_typed(const ActivationBwdParams& p) {
-  using acc_t = at::opmath_type<T>;
   dispatch_act_kind(p.act.kind, [&](auto kind) {
-    const ActOp<decltype(kind)::value, acc_t> op(p.act);
+    constexpr bool kNative = kNativeBwd<decltype(kind)::value>;
+    using M = MathT<T, kNative>;
+    const ActOp<decltype(kind)::value, M> op(p.act);
     const T* const in[2] = {static_cast<const T*>(p.dy), static_cast<const T*>(p.saved)};
-    elementwise<T, 2>(in, static_cast<T*>(p.dx), p.numel,
-                      [&](const Vectorized<acc_t>& dy, const Vectorized<acc_t>& saved) {
-                        return op.bwd(dy, saved);
-                      });
+    elementwise<T, 2, ChunkT<T, kNative>>(
+        in, static_cast<T*>(p.dx), p.numel,
+        [&](const Vectorized<M>& dy, const Vectorized<M>& saved) { return op.bwd(dy, saved); });
   });
 }
 
