@@ -63,4 +63,22 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def("gated_chunk_bwd(Tensor grad_out, Tensor input, str activation) -> Tensor");
   m.def("gated_fwd(Tensor a, Tensor b, str activation) -> Tensor");
   m.def("gated_bwd(Tensor grad_out, Tensor a, Tensor b, str activation) -> (Tensor, Tensor)");
+
+  // Standalone activations. `kind` is one of relu, leaky_relu [negative_slope],
+  // elu [alpha, scale, input_scale], gelu, gelu_tanh, silu, hardswish, hardsigmoid,
+  // hardtanh [min_val, max_val], mish, sigmoid, tanh, softplus [beta, threshold], with `args` as
+  // bracketed. activation_bwd's `saved` is the forward's output for sigmoid and tanh, its input
+  // for every other kind. Outputs take the input's strides when it is dense (channels_last too).
+  m.def("activation_fwd(Tensor input, str kind, float[] args) -> Tensor");
+  m.def("activation_bwd(Tensor grad_out, Tensor saved, str kind, float[] args) -> Tensor");
+  // RReLU in training: the slopes, drawn by the caller with torch's generator, in `noise` (same
+  // shape as the input); y = input <= 0 ? input * noise : input.
+  m.def("rrelu_with_noise_fwd(Tensor input, Tensor noise) -> Tensor");
+  m.def("rrelu_with_noise_bwd(Tensor grad_out, Tensor input, Tensor noise) -> Tensor");
+  // PReLU: weight of one element, or one per channel (input dim 1). An output whose output_mask
+  // entry is false comes back as an empty [0] tensor.
+  m.def("prelu_fwd(Tensor input, Tensor weight) -> Tensor");
+  m.def(
+      "prelu_bwd(Tensor grad_out, Tensor input, Tensor weight, bool[2] output_mask) -> (Tensor, "
+      "Tensor)");
 }

@@ -16,7 +16,7 @@ except ImportError as error:
         "with `pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__}). Cause: {error}"
     ) from error
-from .reference import ACTIVATIONS, row_norm_bwd_ref, stats_dtype
+from .reference import ACTIVATIONS, activation_ref, row_norm_bwd_ref, stats_dtype
 
 ops = torch.ops.fused_norm
 
@@ -426,6 +426,184 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd(
     "fused_norm::gated_bwd", _gated_bwd_backward, setup_context=_gated_bwd_setup
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Standalone activations, RReLU with drawn slopes, PReLU.
+#
+# Outputs follow the C++ layer (csrc/common/activation.cpp): the elementwise ops give their
+# results the strides of a dense input and empty_like's layout otherwise, exactly what
+# torch.empty_like does; PReLU with a slope per channel gives the group-norm layout.
+
+# The kinds whose backward reads the forward's output, as torch's sigmoid_backward/tanh_backward.
+SAVES_OUTPUT = frozenset({"sigmoid", "tanh"})
+
+
+@torch.library.register_fake("fused_norm::activation_fwd")
+def _activation_fwd_fake(input, kind, args):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("fused_norm::activation_bwd")
+def _activation_bwd_fake(grad_out, saved, kind, args):
+    return torch.empty_like(saved)
+
+
+@torch.library.register_fake("fused_norm::rrelu_with_noise_fwd")
+def _rrelu_with_noise_fwd_fake(input, noise):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("fused_norm::rrelu_with_noise_bwd")
+def _rrelu_with_noise_bwd_fake(grad_out, input, noise):
+    return torch.empty_like(input)
+
+
+def _prelu_layout_empty(input, weight):
+    return torch.empty_like(input) if weight.numel() == 1 else _group_norm_layout_empty(input)
+
+
+@torch.library.register_fake("fused_norm::prelu_fwd")
+def _prelu_fwd_fake(input, weight):
+    return _prelu_layout_empty(input, weight)
+
+
+@torch.library.register_fake("fused_norm::prelu_bwd")
+def _prelu_bwd_fake(grad_out, input, weight, output_mask):
+    return (_prelu_layout_empty(input, weight) if output_mask[0] else _unwanted(input),
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1]
+            else _unwanted(input))
+
+
+def _activation_fwd_setup(ctx, inputs, output):
+    input, kind, args = inputs
+    ctx.kind, ctx.args = kind, args
+    ctx.save_for_backward(output if kind in SAVES_OUTPUT else input)
+
+
+def _activation_fwd_backward(ctx, grad):
+    (saved,) = ctx.saved_tensors
+    return ops.activation_bwd(grad, saved, ctx.kind, ctx.args), None, None
+
+
+def _activation_bwd_setup(ctx, inputs, output):
+    grad_out, saved, kind, args = inputs
+    ctx.kind, ctx.args = kind, args
+    ctx.save_for_backward(grad_out, saved)
+
+
+def _activation_bwd_ref(dy, saved, kind, args):
+    """The backward op's value as a differentiable function of (dy, saved)."""
+    if kind == "sigmoid":
+        return dy * (1 - saved) * saved
+    if kind == "tanh":
+        return dy * (1 - saved * saved)
+    (dx,) = torch.autograd.grad(activation_ref(saved, kind, args), saved, dy, create_graph=True)
+    return dx
+
+
+# Kinds whose derivative is piecewise constant (torch defines no derivative for some of their
+# backward ops, e.g. hardsigmoid_backward).
+_PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh", "hardsigmoid"})
+
+
+def _activation_bwd_backward(ctx, grad_dx):
+    """Double backward: dx = dy * act'(saved) is linear in dy (its dy-gradient is the backward op
+    itself) and its saved-gradient is differentiated from the reference formula."""
+    grad_out, saved = ctx.saved_tensors
+    grad_dy = grad_saved = None
+    if ctx.needs_input_grad[0]:
+        grad_dy = ops.activation_bwd(grad_dx, saved, ctx.kind, ctx.args)
+    if ctx.needs_input_grad[1] and ctx.kind in _PIECEWISE_LINEAR:
+        grad_saved = torch.zeros_like(saved)  # act' is piecewise constant: act'' = 0 a.e.
+    elif ctx.needs_input_grad[1]:
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            dy = grad_out if create_graph else grad_out.detach()
+            s = saved.detach().requires_grad_()
+            dx = _activation_bwd_ref(dy, s, ctx.kind, ctx.args)
+            (grad_saved,) = torch.autograd.grad(dx, s, grad_dx, create_graph=create_graph)
+    return grad_dy, grad_saved, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::activation_fwd", _activation_fwd_backward, setup_context=_activation_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::activation_bwd", _activation_bwd_backward, setup_context=_activation_bwd_setup
+)
+
+
+def _rrelu_fwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _rrelu_fwd_backward(ctx, grad):
+    input, noise = ctx.saved_tensors
+    return ops.rrelu_with_noise_bwd(grad, input, noise), None
+
+
+def _rrelu_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+
+def _rrelu_bwd_backward(ctx, grad_dx):
+    """dx = dy * slope is linear in dy with a slope that is piecewise constant in x: its
+    dy-gradient is the backward op again, its x-gradient zero (almost everywhere)."""
+    input, noise = ctx.saved_tensors
+    return ops.rrelu_with_noise_bwd(grad_dx, input, noise), None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::rrelu_with_noise_fwd", _rrelu_fwd_backward, setup_context=_rrelu_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::rrelu_with_noise_bwd", _rrelu_bwd_backward, setup_context=_rrelu_bwd_setup
+)
+
+
+def _prelu_fwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _prelu_fwd_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    dx, dweight = ops.prelu_bwd(grad, input, weight, mask)
+    return dx if mask[0] else None, dweight if mask[1] else None
+
+
+def _prelu_bwd_setup(ctx, inputs, output):
+    grad_out, input, weight, output_mask = inputs
+    ctx.output_mask = list(output_mask)
+    ctx.save_for_backward(grad_out, input, weight)
+
+
+def _prelu_bwd_backward(ctx, grad_dx, grad_dweight):
+    """Double backward through torch's prelu: the vector-Jacobian product of the reference,
+    differentiated once more."""
+    grad_out, input, weight = ctx.saved_tensors
+    grads = [g if wanted else None for g, wanted in zip((grad_dx, grad_dweight), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        dy, x, w = [t.detach().requires_grad_() for t in (grad_out, input, weight)]
+        y = torch.nn.functional.prelu(x, w)
+        operands = [(t, g) for t, g in zip((x, w), grads) if g is not None]
+        if not operands:
+            return None, None, None, None
+        firsts = torch.autograd.grad(y, [t for t, _ in operands], dy, create_graph=True)
+        g_dy, g_x, g_w = torch.autograd.grad(
+            firsts, [dy, x, w], [g.to(f.dtype) for f, (_, g) in zip(firsts, operands)],
+            create_graph=create_graph, allow_unused=True)
+    return g_dy, g_x, g_w, None
+
+
+torch.library.register_autograd(
+    "fused_norm::prelu_fwd", _prelu_fwd_backward, setup_context=_prelu_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::prelu_bwd", _prelu_bwd_backward, setup_context=_prelu_bwd_setup
 )
 
 

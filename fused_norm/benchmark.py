@@ -167,6 +167,56 @@ class Gated:
         return [x], (lambda *_: self.ours(x)), theirs
 
 
+class Activation:
+    """An elementwise activation of a flat tensor (2^27 elements on CUDA: 256 MB per bf16 tensor;
+    2^22 on CPU), or PReLU with a slope per channel of an (N, C, L) tensor of as many elements.
+    Bytes: forward reads x and writes y; backward reads x (or y) and dy and writes dx."""
+
+    cuda_shapes = [(1 << 27,)]
+    cpu_shapes = [(1 << 22,)]
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def __init__(self, ours, theirs, per_channel=False):
+        self.ours, self.theirs, self.per_channel = ours, theirs, per_channel
+
+    def make(self, shape, layout, device, dtype):
+        numel = math.prod(shape)
+        if not self.per_channel:
+            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+            return [x], lambda *_: self.ours(x), lambda *_: self.theirs(x)
+        C = 64
+        x = torch.randn(64, C, numel // (64 * C), device=device, dtype=dtype, requires_grad=True)
+        w = torch.rand(C, device=device, dtype=dtype, requires_grad=True)
+        return [x, w], lambda *_: self.ours(x, w), lambda *_: self.theirs(x, w)
+
+
+def _activation(name, **kw):
+    return Activation(lambda x: getattr(fused_norm, name)(x, **kw),
+                      lambda x: getattr(F, name)(x, **kw))
+
+
+ACTIVATION_OPS = {
+    "relu": _activation("relu"),
+    "relu6": _activation("relu6"),
+    "leaky_relu": _activation("leaky_relu"),
+    "prelu": Activation(fused_norm.prelu, F.prelu, per_channel=True),
+    "rrelu": _activation("rrelu", training=True),
+    "elu": _activation("elu"),
+    "selu": _activation("selu"),
+    "celu": _activation("celu"),
+    "gelu": _activation("gelu"),
+    "gelu_tanh": _activation("gelu", approximate="tanh"),
+    "silu": _activation("silu"),
+    "hardswish": _activation("hardswish"),
+    "hardsigmoid": _activation("hardsigmoid"),
+    "hardtanh": _activation("hardtanh"),
+    "mish": _activation("mish"),
+    "sigmoid": Activation(fused_norm.sigmoid, torch.sigmoid),
+    "tanh": Activation(fused_norm.tanh, torch.tanh),
+    "softplus": _activation("softplus"),
+}
+
 OPS = {
     "layer_norm": RowNorm(lambda x, w, b: fused_norm.layer_norm(x, x.shape[-1:], w, b),
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
@@ -182,6 +232,7 @@ OPS = {
     "log_softmax": Softmax(log=True),
     "swiglu": Gated(fused_norm.swiglu, F.silu),
     "geglu": Gated(fused_norm.geglu, F.gelu),
+    **ACTIVATION_OPS,
 }
 
 
@@ -311,7 +362,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="default: bfloat16 on CUDA; float32 and bfloat16 on CPU")
     parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN",
-                        help="sizes joined by x (MxN for row norms, NxCxHxW for batch norms); "
+                        help="sizes joined by x (MxN for row norms, NxCxHxW for batch norms, "
+                             "the element count for activations); "
                              "default: each op's own list")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")

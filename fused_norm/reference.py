@@ -119,3 +119,27 @@ def group_norm_ref(x, num_groups, weight=None, bias=None, eps=1e-5, activation="
     if bias is not None:
         z = z + bias.to(dtype).reshape(shape)
     return ACTIVATIONS[activation](z).to(x.dtype)
+
+
+# The standalone activations by the kind names of fused_norm::activation_fwd and their argument
+# lists, as torch's own ops (differentiable to any order).
+_ACTIVATION_KINDS = {
+    "relu": lambda z: torch.relu(z),
+    "leaky_relu": lambda z, slope: torch.nn.functional.leaky_relu(z, slope),
+    "elu": lambda z, alpha, scale, input_scale: torch.ops.aten.elu(z, alpha, scale, input_scale),
+    "gelu": lambda z: torch.nn.functional.gelu(z),
+    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+    "silu": lambda z: torch.nn.functional.silu(z),
+    "hardswish": lambda z: torch.nn.functional.hardswish(z),
+    "hardsigmoid": lambda z: torch.nn.functional.hardsigmoid(z),
+    "hardtanh": lambda z, lo, hi: torch.nn.functional.hardtanh(z, lo, hi),
+    "mish": lambda z: torch.nn.functional.mish(z),
+    "sigmoid": lambda z: torch.sigmoid(z),
+    "tanh": lambda z: torch.tanh(z),
+    "softplus": lambda z, beta, threshold: torch.nn.functional.softplus(z, beta, threshold),
+}
+
+
+def activation_ref(x, kind, args):
+    """act(x) for fused_norm::activation_fwd's `kind` and `args`, in torch."""
+    return _ACTIVATION_KINDS[kind](x, *args)

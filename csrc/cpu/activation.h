@@ -6,6 +6,7 @@
 
 #include "kernel_utils.h"
 
+#include "../common/activation_params.h"  // ActKind, ActivationArgs
 #include "../common/group_norm_params.h"  // Activation
 
 namespace fused_norm {
@@ -26,6 +27,33 @@ C10_ALWAYS_INLINE Vectorized<acc_t> relu_grad(const Vectorized<acc_t>& dy,
                                               const Vectorized<acc_t>& y) {
   const Vectorized<acc_t> zero(0);
   return Vectorized<acc_t>::blendv(dy, zero, y <= zero);
+}
+
+// exp through at::vec's inline exp_u20 (within 20 ulp, 1.2e-6 relative in float; exact exp for
+// double) rather than the Sleef library call behind Vectorized::exp: the call, not the
+// arithmetic, bounds the exp-based activations. exp_u20 does not keep NaN by itself: passed
+// through explicitly.
+template <typename V>
+C10_ALWAYS_INLINE V fast_exp(const V& v) {
+  return V::blendv(v.exp_u20(), v, v != v);
+}
+
+// erf. float: the Abramowitz-Stegun 7.1.26 form that at::vec's float erf uses (absolute error
+// 1.5e-7), with fast_exp for its exp; double: the accurate library erf.
+template <typename V>
+C10_ALWAYS_INLINE V erf_op(const V& x) {
+  if constexpr (std::is_same_v<V, Vectorized<float>>) {
+    const V one(1);
+    const V t = one / at::vec::fmadd(V(0.3275911f), x.abs(), one);
+    V r = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+    r = at::vec::fmadd(r, t, V(1.421413741f));
+    r = at::vec::fmadd(r, t, V(-0.284496736f));
+    r = at::vec::fmadd(r, t, V(0.254829592f));
+    const V magnitude = one - r * t * fast_exp((x * x).neg());  // NaN x: NaN
+    return V::blendv(magnitude, magnitude.neg(), x < V(0));
+  } else {
+    return x.erf();
+  }
 }
 
 // ActivationMath<kAct>::fwd(z) = act(z); grad(z, dy) = dy * act'(z). V is Vectorized<acc_t>.
@@ -52,12 +80,12 @@ template <>
 struct ActivationMath<Activation::kSilu> {
   // Scalar math: y = z / (1 + exp(-z))   (z * sigmoid(z), in torch's form)
   template <typename V>
-  static C10_ALWAYS_INLINE V fwd(const V& z) { return z / (V(1) + z.neg().exp()); }
+  static C10_ALWAYS_INLINE V fwd(const V& z) { return z / (V(1) + fast_exp(z.neg())); }
   // Scalar math: s = sigmoid(z); dz = dy * s * (1 + z * (1 - s))
   template <typename V>
   static C10_ALWAYS_INLINE V grad(const V& z, const V& dy) {
     const V one(1);
-    const V s = one / (one + z.neg().exp());
+    const V s = one / (one + fast_exp(z.neg()));
     return dy * s * at::vec::fmadd(z, one - s, one);
   }
 };
@@ -67,14 +95,14 @@ struct ActivationMath<Activation::kGelu> {
   // Scalar math: y = z * Phi(z) = z * 0.5 * (1 + erf(z / sqrt(2)))
   template <typename V>
   static C10_ALWAYS_INLINE V fwd(const V& z) {
-    return z * V(0.5) * (V(1) + (z * V(M_SQRT1_2)).erf());
+    return z * V(0.5) * (V(1) + erf_op(z * V(M_SQRT1_2)));
   }
   // Scalar math: dz = dy * (Phi(z) + z * phi(z)),  phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
   template <typename V>
   static C10_ALWAYS_INLINE V grad(const V& z, const V& dy) {
     constexpr double kInvSqrt2Pi = M_2_SQRTPI * M_SQRT1_2 * 0.5;
-    const V cdf = V(0.5) * (V(1) + (z * V(M_SQRT1_2)).erf());
-    const V pdf = (V(-0.5) * z * z).exp() * V(kInvSqrt2Pi);
+    const V cdf = V(0.5) * (V(1) + erf_op(z * V(M_SQRT1_2)));
+    const V pdf = fast_exp(V(-0.5) * z * z) * V(kInvSqrt2Pi);
     return dy * at::vec::fmadd(z, pdf, cdf);
   }
 };
@@ -90,7 +118,7 @@ struct ActivationMath<Activation::kGeluTanh> {
   template <typename V>
   static C10_ALWAYS_INLINE V tanh_inner(const V& z, const V& z_sq) {
     const V two_u = V(2 * kBeta) * at::vec::fmadd(V(kKappa) * z_sq, z, z);
-    return V(1) - V(2) / (two_u.exp() + V(1));
+    return V(1) - V(2) / (fast_exp(two_u) + V(1));
   }
   template <typename V>
   static C10_ALWAYS_INLINE V fwd(const V& z) {
@@ -121,7 +149,7 @@ struct ActivationMath<Activation::kMish> {
   }
   template <typename V>
   static C10_ALWAYS_INLINE V exp_below_threshold(const V& z) {
-    return at::vec::minimum(z, V(20)).exp();
+    return fast_exp(at::vec::minimum(z, V(20)));
   }
   // Scalar math: y = z * tanh(softplus(z))
   template <typename V>
@@ -138,6 +166,195 @@ struct ActivationMath<Activation::kMish> {
     return dy * at::vec::fmadd(z * sigmoid, one - t * t, t);
   }
 };
+
+// ---- The standalone activations (csrc/common/activation_params.h) ------------------------------
+// ActOp<kKind, acc_t> holds the kind's runtime arguments in acc_t and gives fwd(x) = act(x) and
+// bwd(dy, saved) = dy * act'(.) on Vectorized<acc_t>. The kinds the norms fuse reuse
+// ActivationMath above. Where torch's backward tests x with a compare, the masks are those of
+// torch's vectorized CPU kernels (what torch gives for all but a tensor's last few elements), so
+// that a NaN x, or an x exactly at a kink, gets torch's answer.
+template <ActKind kKind, typename acc_t>
+struct ActOp;
+
+// The activations shared with the norms: no arguments.
+template <Activation kAct, typename acc_t>
+struct NormActOp {
+  using V = Vectorized<acc_t>;
+  explicit NormActOp(const ActivationArgs&) {}
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return ActivationMath<kAct>::fwd(x); }
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const { return ActivationMath<kAct>::grad(x, dy); }
+};
+template <typename acc_t>
+struct ActOp<ActKind::kRelu, acc_t> : NormActOp<Activation::kRelu, acc_t> {
+  using NormActOp<Activation::kRelu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kSilu, acc_t> : NormActOp<Activation::kSilu, acc_t> {
+  using NormActOp<Activation::kSilu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kGelu, acc_t> : NormActOp<Activation::kGelu, acc_t> {
+  using NormActOp<Activation::kGelu, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kGeluTanh, acc_t> : NormActOp<Activation::kGeluTanh, acc_t> {
+  using NormActOp<Activation::kGeluTanh, acc_t>::NormActOp;
+};
+template <typename acc_t>
+struct ActOp<ActKind::kMish, acc_t> : NormActOp<Activation::kMish, acc_t> {
+  using NormActOp<Activation::kMish, acc_t>::NormActOp;
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kLeakyRelu, acc_t> {
+  using V = Vectorized<acc_t>;
+  V slope;
+  explicit ActOp(const ActivationArgs& a) : slope(static_cast<acc_t>(a.arg[0])) {}
+  // Scalar math: y = x > 0 ? x : x * slope
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return V::blendv(x * slope, x, x > V(0)); }
+  // Scalar math: dx = x > 0 ? dy : dy * slope
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(dy * slope, dy, x > V(0));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kElu, acc_t> {
+  using V = Vectorized<acc_t>;
+  V neg_coef, pos_coef, input_scale;
+  explicit ActOp(const ActivationArgs& a)
+      : neg_coef(static_cast<acc_t>(a.arg[0] * a.arg[1])),
+        pos_coef(static_cast<acc_t>(a.arg[1])),
+        input_scale(static_cast<acc_t>(a.arg[2])) {}
+  // Scalar math: y = x <= 0 ? alpha * scale * expm1(x * input_scale) : scale * x
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return V::blendv(x * pos_coef, (x * input_scale).expm1() * neg_coef, x <= V(0));
+  }
+  // Scalar math: dx = x > 0 ? dy * scale
+  //                         : dy * input_scale * alpha * scale * exp(x * input_scale)
+  // (a NaN x takes the second branch: NaN, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V neg = dy * input_scale * neg_coef * fast_exp(x * input_scale);
+    return V::blendv(neg, dy * pos_coef, x > V(0));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardtanh, acc_t> {
+  using V = Vectorized<acc_t>;
+  V lo, hi;
+  explicit ActOp(const ActivationArgs& a)
+      : lo(static_cast<acc_t>(a.arg[0])), hi(static_cast<acc_t>(a.arg[1])) {}
+  // Scalar math: y = min(max(x, lo), hi), NaN kept (at::vec's minimum/maximum propagate it)
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return at::vec::minimum(at::vec::maximum(x, lo), hi);
+  }
+  // Scalar math: dx = (lo < x < hi) ? dy : 0   (a NaN x gets 0, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(V(0), dy, (x > lo) & (x < hi));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardswish, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = x * min(max(x + 3, 0), 6) / 6
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return x * at::vec::minimum(at::vec::maximum(x + V(3), V(0)), V(6)) / V(6);
+  }
+  // Scalar math: dx = x <= -3 ? 0 : (x >= 3 ? dy : dy * (x / 3 + 0.5))
+  // (a NaN x gets NaN, x == -3 gets 0 and x == 3 gets dy, as torch's CPU kernel)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V mid = V::blendv(dy * (x / V(3) + V(0.5)), dy, x >= V(3));
+    return V::blendv(mid, V(0), x <= V(-3));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kHardsigmoid, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = min(max(x + 3, 0), 6) / 6
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    return at::vec::minimum(at::vec::maximum(x + V(3), V(0)), V(6)) / V(6);
+  }
+  // Scalar math: dx = (-3 < x < 3) ? dy / 6 : 0
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    return V::blendv(V(0), dy / V(6), (x > V(-3)) & (x < V(3)));
+  }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kSigmoid, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  // Scalar math: y = 1 / (1 + exp(-x))
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return V(1) / (V(1) + fast_exp(x.neg())); }
+  // From the output. Scalar math: dx = dy * (1 - y) * y
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& y) const { return dy * (V(1) - y) * y; }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kTanh, acc_t> {
+  using V = Vectorized<acc_t>;
+  explicit ActOp(const ActivationArgs&) {}
+  C10_ALWAYS_INLINE V fwd(const V& x) const { return x.tanh(); }
+  // From the output. Scalar math: dx = dy * (1 - y^2)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& y) const { return dy * (V(1) - y * y); }
+};
+
+template <typename acc_t>
+struct ActOp<ActKind::kSoftplus, acc_t> {
+  using V = Vectorized<acc_t>;
+  V beta, threshold;
+  explicit ActOp(const ActivationArgs& a)
+      : beta(static_cast<acc_t>(a.arg[0])), threshold(static_cast<acc_t>(a.arg[1])) {}
+  // Scalar math: y = x * beta > threshold ? x : log1p(exp(x * beta)) / beta
+  C10_ALWAYS_INLINE V fwd(const V& x) const {
+    const V bx = x * beta;
+    return V::blendv(fast_exp(bx).log1p() / beta, x, bx > threshold);
+  }
+  // Scalar math: z = exp(x * beta); dx = x * beta > threshold ? dy : dy * z / (z + 1)
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
+    const V bx = x * beta;
+    const V z = fast_exp(bx);
+    return V::blendv(dy * z / (z + V(1)), dy, bx > threshold);
+  }
+};
+
+// RReLU with drawn slopes r (torch's rrelu_with_noise): the branch is x <= 0, so a NaN x passes.
+template <typename acc_t>
+struct RreluNoiseOp {
+  using V = Vectorized<acc_t>;
+  // Scalar math: y = x <= 0 ? x * r : x
+  C10_ALWAYS_INLINE V fwd(const V& x, const V& r) const { return V::blendv(x, x * r, x <= V(0)); }
+  // Scalar math: dx = x <= 0 ? dy * r : dy
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x, const V& r) const {
+    return V::blendv(dy, dy * r, x <= V(0));
+  }
+};
+
+// Calls f(std::integral_constant<ActKind, kKind>()): the runtime kind as a template argument.
+template <typename F>
+void dispatch_act_kind(ActKind kind, F&& f) {
+  using K = ActKind;
+  switch (kind) {
+    case K::kRelu: f(std::integral_constant<K, K::kRelu>()); break;
+    case K::kLeakyRelu: f(std::integral_constant<K, K::kLeakyRelu>()); break;
+    case K::kElu: f(std::integral_constant<K, K::kElu>()); break;
+    case K::kGelu: f(std::integral_constant<K, K::kGelu>()); break;
+    case K::kGeluTanh: f(std::integral_constant<K, K::kGeluTanh>()); break;
+    case K::kSilu: f(std::integral_constant<K, K::kSilu>()); break;
+    case K::kHardswish: f(std::integral_constant<K, K::kHardswish>()); break;
+    case K::kHardsigmoid: f(std::integral_constant<K, K::kHardsigmoid>()); break;
+    case K::kHardtanh: f(std::integral_constant<K, K::kHardtanh>()); break;
+    case K::kMish: f(std::integral_constant<K, K::kMish>()); break;
+    case K::kSigmoid: f(std::integral_constant<K, K::kSigmoid>()); break;
+    case K::kTanh: f(std::integral_constant<K, K::kTanh>()); break;
+    case K::kSoftplus: f(std::integral_constant<K, K::kSoftplus>()); break;
+  }
+}
 
 // Calls f(std::integral_constant<Activation, kAct>()): the runtime activation as a template
 // argument.

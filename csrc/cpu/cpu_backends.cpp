@@ -7,6 +7,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "../common/activation.h"
 #include "../common/column_norm.h"
 #include "../common/gated.h"
 #include "../common/group_norm.h"
@@ -163,6 +164,30 @@ const GatedBackend& gated_backend() {
   return backend;
 }
 
+ActivationBackend make_activation_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::activation_fwd, AVX512::activation_bwd, AVX512::rrelu_fwd,
+              AVX512::rrelu_bwd,      AVX512::prelu_fwd,      AVX512::prelu_bwd,
+              AVX512::prelu_bwd_workspace_bytes};
+    case Capability::kAvx2:
+      return {AVX2::activation_fwd, AVX2::activation_bwd, AVX2::rrelu_fwd,
+              AVX2::rrelu_bwd,      AVX2::prelu_fwd,      AVX2::prelu_bwd,
+              AVX2::prelu_bwd_workspace_bytes};
+#endif
+    default:
+      return {DEFAULT::activation_fwd, DEFAULT::activation_bwd, DEFAULT::rrelu_fwd,
+              DEFAULT::rrelu_bwd,      DEFAULT::prelu_fwd,      DEFAULT::prelu_bwd,
+              DEFAULT::prelu_bwd_workspace_bytes};
+  }
+}
+
+const ActivationBackend& activation_backend() {
+  static const ActivationBackend backend = make_activation_backend();
+  return backend;
+}
+
 }  // namespace
 }  // namespace cpu
 
@@ -172,6 +197,7 @@ TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_group_norm_kernels<cpu::group_norm_backend>(m);
   register_softmax_kernels<cpu::softmax_backend>(m);
   register_gated_kernels<cpu::gated_backend>(m);
+  register_activation_kernels<cpu::activation_backend>(m);
 }
 
 }  // namespace fused_norm

@@ -13,6 +13,7 @@
 #define __F16C__ 1
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "activation_kernels.h"
 #include "column_norm_kernels.h"
 #include "gated_kernels.h"
 #include "group_norm_kernels.h"

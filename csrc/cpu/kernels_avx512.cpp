@@ -17,6 +17,7 @@
 #define __AVX512DQ__ 1
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
+#include "activation_kernels.h"
 #include "column_norm_kernels.h"
 #include "gated_kernels.h"
 #include "group_norm_kernels.h"

@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../common/activation_params.h"
 #include "../common/group_norm_params.h"
 
 namespace fused_norm {
@@ -22,6 +23,8 @@ __device__ __forceinline__ float normcdf_op(float v) { return normcdff(v); }
 __device__ __forceinline__ double normcdf_op(double v) { return normcdf(v); }
 __device__ __forceinline__ float log1p_op(float v) { return log1pf(v); }
 __device__ __forceinline__ double log1p_op(double v) { return log1p(v); }
+__device__ __forceinline__ float expm1_op(float v) { return expm1f(v); }
+__device__ __forceinline__ double expm1_op(double v) { return expm1(v); }
 
 template <typename Acc>
 __device__ __forceinline__ Acc sigmoid_op(Acc z) {
@@ -95,6 +98,143 @@ __device__ __forceinline__ Acc activation_grad(Acc dy, Acc z) {
     return dy * (t + z * sigmoid_op(z) * (Acc(1) - t * t));
   }
 }
+
+// ---- The standalone activations (csrc/common/activation_params.h) ------------------------------
+// ActOp<kKind, Acc> holds the kind's runtime arguments and gives fwd(x) = act(x) and
+// bwd(dy, saved) = dy * act'(.), term for term as torch's CUDA kernels. The kinds the norms fuse
+// reuse activation / activation_grad above. Host-constructible from ActivationArgs.
+template <ActKind kKind, typename Acc>
+struct ActOp;
+
+template <Activation kAct, typename Acc>
+struct NormActOp {
+  explicit NormActOp(const ActivationArgs&) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const { return activation<kAct>(x); }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const { return activation_grad<kAct>(dy, x); }
+};
+template <typename Acc>
+struct ActOp<ActKind::kRelu, Acc> : NormActOp<Activation::kRelu, Acc> {
+  using NormActOp<Activation::kRelu, Acc>::NormActOp;
+};
+template <typename Acc>
+struct ActOp<ActKind::kSilu, Acc> : NormActOp<Activation::kSilu, Acc> {
+  using NormActOp<Activation::kSilu, Acc>::NormActOp;
+};
+template <typename Acc>
+struct ActOp<ActKind::kGelu, Acc> : NormActOp<Activation::kGelu, Acc> {
+  using NormActOp<Activation::kGelu, Acc>::NormActOp;
+};
+template <typename Acc>
+struct ActOp<ActKind::kGeluTanh, Acc> : NormActOp<Activation::kGeluTanh, Acc> {
+  using NormActOp<Activation::kGeluTanh, Acc>::NormActOp;
+};
+template <typename Acc>
+struct ActOp<ActKind::kMish, Acc> : NormActOp<Activation::kMish, Acc> {
+  using NormActOp<Activation::kMish, Acc>::NormActOp;
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kLeakyRelu, Acc> {
+  Acc slope;
+  explicit ActOp(const ActivationArgs& a) : slope(static_cast<Acc>(a.arg[0])) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const { return x > Acc(0) ? x : x * slope; }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const { return x > Acc(0) ? dy : dy * slope; }
+};
+
+// torch's elu(alpha, scale, input_scale); SELU and CELU are instances.
+template <typename Acc>
+struct ActOp<ActKind::kElu, Acc> {
+  Acc neg_coef, pos_coef, input_scale;
+  explicit ActOp(const ActivationArgs& a)
+      : neg_coef(static_cast<Acc>(a.arg[0] * a.arg[1])),
+        pos_coef(static_cast<Acc>(a.arg[1])),
+        input_scale(static_cast<Acc>(a.arg[2])) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const {
+    return x <= Acc(0) ? expm1_op(x * input_scale) * neg_coef : x * pos_coef;
+  }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const {
+    return x <= Acc(0) ? dy * input_scale * neg_coef * exp_op(x * input_scale) : dy * pos_coef;
+  }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kHardtanh, Acc> {
+  Acc lo, hi;
+  explicit ActOp(const ActivationArgs& a)
+      : lo(static_cast<Acc>(a.arg[0])), hi(static_cast<Acc>(a.arg[1])) {}
+  // NaN kept: both compares are false.
+  __device__ __forceinline__ Acc fwd(Acc x) const { return x < lo ? lo : (x > hi ? hi : x); }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const {
+    return (x <= lo || x >= hi) ? Acc(0) : dy;
+  }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kHardswish, Acc> {
+  explicit ActOp(const ActivationArgs&) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const {
+    const Acc r = x + Acc(3);
+    const Acc clamped = r < Acc(0) ? Acc(0) : (r > Acc(6) ? Acc(6) : r);
+    return x * clamped / Acc(6);
+  }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const {
+    return x < Acc(-3) ? Acc(0) : (x <= Acc(3) ? dy * (x / Acc(3) + Acc(0.5)) : dy);
+  }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kHardsigmoid, Acc> {
+  explicit ActOp(const ActivationArgs&) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const {
+    const Acc r = x + Acc(3);
+    return (r < Acc(0) ? Acc(0) : (r > Acc(6) ? Acc(6) : r)) / Acc(6);
+  }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const {
+    return (x > Acc(-3) && x < Acc(3)) ? dy / Acc(6) : Acc(0);
+  }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kSigmoid, Acc> {
+  explicit ActOp(const ActivationArgs&) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const { return sigmoid_op(x); }
+  // From the output y.
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc y) const { return dy * (Acc(1) - y) * y; }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kTanh, Acc> {
+  explicit ActOp(const ActivationArgs&) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const { return tanh_op(x); }
+  // From the output y.
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc y) const { return dy * (Acc(1) - y * y); }
+};
+
+template <typename Acc>
+struct ActOp<ActKind::kSoftplus, Acc> {
+  Acc beta, threshold;
+  explicit ActOp(const ActivationArgs& a)
+      : beta(static_cast<Acc>(a.arg[0])), threshold(static_cast<Acc>(a.arg[1])) {}
+  __device__ __forceinline__ Acc fwd(Acc x) const {
+    const Acc bx = x * beta;
+    return bx > threshold ? x : log1p_op(exp_op(bx)) / beta;
+  }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const {
+    const Acc bx = x * beta;
+    if (bx > threshold) return dy;
+    const Acc z = exp_op(bx);
+    return dy * z / (z + Acc(1));
+  }
+};
+
+// RReLU with drawn slopes r (torch's rrelu_with_noise): the branch is x <= 0.
+template <typename Acc>
+struct RreluNoiseOp {
+  __device__ __forceinline__ Acc fwd(Acc x, Acc r) const { return x <= Acc(0) ? x * r : x; }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc x, Acc r) const {
+    return x <= Acc(0) ? dy * r : dy;
+  }
+};
 
 }  // namespace cuda
 }  // namespace fused_norm

@@ -1,0 +1,254 @@
+"""The elementwise activations on fused_norm's kernels: functions with torch.nn.functional's
+signatures and defaults, and modules subclassing torch.nn's (same constructors, repr,
+state_dict; only forward differs).
+
+Every function runs fused_norm::activation_fwd (or PReLU's / RReLU's ops) on float16, bfloat16,
+float32 and float64 input. Other dtypes go to torch's own function, so that integer and bool
+input behaves exactly as torch (relu and hardtanh accept it, sigmoid and tanh promote it, the
+rest raise NotImplementedError). `inplace=True` computes out of place and copies the result into
+the input (see _apply): the same tensor object comes back, and autograd's rules for in-place
+ops (the error on a leaf that requires grad, version counters) are torch's own.
+"""
+
+import torch
+import torch.nn.functional as TF
+
+from . import _ops  # noqa: F401  (registers fakes and autograd)
+
+ops = torch.ops.fused_norm
+
+__all__ = [
+    "celu", "elu", "gelu", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish", "prelu",
+    "relu", "relu6", "rrelu", "selu", "sigmoid", "silu", "softplus", "tanh",
+    "CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "Mish", "PReLU",
+    "ReLU", "ReLU6", "RReLU", "SELU", "Sigmoid", "SiLU", "Softplus", "Tanh",
+]
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# torch's SELU constants (torch/csrc/api and ATen's Activation.cpp).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _ours(input):
+    return input.dtype in _KERNEL_DTYPES
+
+
+def _apply(input, inplace, compute):
+    """compute(input), or, in place, the same values written into input. Under autograd the
+    kernel reads a copy: the op's backward saves its input, which the in-place write would
+    otherwise change under it."""
+    if not inplace:
+        return compute(input)
+    source = input.clone() if torch.is_grad_enabled() and input.requires_grad else input
+    return input.copy_(compute(source))
+
+
+def _act(input, inplace, kind, args=()):
+    return _apply(input, inplace, lambda x: ops.activation_fwd(x, kind, list(args)))
+
+
+def relu(input, inplace=False):
+    if not _ours(input):
+        return TF.relu(input, inplace=inplace)
+    return _act(input, inplace, "relu")
+
+
+def relu6(input, inplace=False):
+    if not _ours(input):
+        return TF.relu6(input, inplace=inplace)
+    # torch's relu6 is hardtanh(0, 6), gradient and NaN handling included.
+    return _act(input, inplace, "hardtanh", (0.0, 6.0))
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    if not _ours(input):
+        return TF.leaky_relu(input, negative_slope, inplace)
+    return _act(input, inplace, "leaky_relu", (float(negative_slope),))
+
+
+def elu(input, alpha=1.0, inplace=False):
+    if not _ours(input):
+        return TF.elu(input, alpha, inplace)
+    return _act(input, inplace, "elu", (float(alpha), 1.0, 1.0))
+
+
+def selu(input, inplace=False):
+    if not _ours(input):
+        return TF.selu(input, inplace)
+    return _act(input, inplace, "elu", (_SELU_ALPHA, _SELU_SCALE, 1.0))
+
+
+def celu(input, alpha=1.0, inplace=False):
+    if not _ours(input) or alpha == 0:
+        # torch's error for alpha == 0 (and its behaviour for other dtypes).
+        return TF.celu(input, alpha, inplace)
+    return _act(input, inplace, "elu", (float(alpha), 1.0, 1.0 / alpha))
+
+
+def gelu(input, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    if not _ours(input):
+        return TF.gelu(input, approximate=approximate)
+    return ops.activation_fwd(input, "gelu" if approximate == "none" else "gelu_tanh", [])
+
+
+def silu(input, inplace=False):
+    if not _ours(input):
+        return TF.silu(input, inplace)
+    return _act(input, inplace, "silu")
+
+
+def mish(input, inplace=False):
+    if not _ours(input):
+        return TF.mish(input, inplace)
+    return _act(input, inplace, "mish")
+
+
+def hardswish(input, inplace=False):
+    if not _ours(input):
+        return TF.hardswish(input, inplace)
+    return _act(input, inplace, "hardswish")
+
+
+def hardsigmoid(input, inplace=False):
+    if not _ours(input):
+        return TF.hardsigmoid(input, inplace)
+    return _act(input, inplace, "hardsigmoid")
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    if not _ours(input) or min_val > max_val:
+        # torch's error for min_val > max_val (and its behaviour for other dtypes).
+        return TF.hardtanh(input, min_val, max_val, inplace)
+    return _act(input, inplace, "hardtanh", (float(min_val), float(max_val)))
+
+
+def sigmoid(input):
+    if not _ours(input):
+        return torch.sigmoid(input)
+    return ops.activation_fwd(input, "sigmoid", [])
+
+
+def tanh(input):
+    if not _ours(input):
+        return torch.tanh(input)
+    return ops.activation_fwd(input, "tanh", [])
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    if not _ours(input):
+        return TF.softplus(input, beta, threshold)
+    return ops.activation_fwd(input, "softplus", [float(beta), float(threshold)])
+
+
+def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
+    if not _ours(input) or lower > upper:
+        # torch's error for lower > upper (and its behaviour for other dtypes).
+        return TF.rrelu(input, lower, upper, training, inplace)
+    # torch's rrelu returns a contiguous tensor whatever the input's layout.
+    if not training:
+        # torch's eval RReLU: LeakyReLU with the mean slope.
+        slope = [(lower + upper) / 2]
+        return _apply(input, inplace,
+                      lambda x: ops.activation_fwd(x.contiguous(), "leaky_relu", slope))
+    # One slope per element, drawn by torch's generator (torch.manual_seed reproduces it); only
+    # those of the elements <= 0 are used.
+    noise = torch.empty(input.shape, dtype=input.dtype, device=input.device).uniform_(lower, upper)
+    return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(x.contiguous(), noise))
+
+
+def prelu(input, weight):
+    if not _ours(input):
+        return TF.prelu(input, weight)
+    return ops.prelu_fwd(input, weight)
+
+
+# ---- modules ----------------------------------------------------------------------------------
+
+
+class ReLU(torch.nn.ReLU):
+    def forward(self, input):
+        return relu(input, inplace=self.inplace)
+
+
+class ReLU6(torch.nn.ReLU6):
+    def forward(self, input):
+        return relu6(input, inplace=self.inplace)
+
+
+class LeakyReLU(torch.nn.LeakyReLU):
+    def forward(self, input):
+        return leaky_relu(input, self.negative_slope, self.inplace)
+
+
+class PReLU(torch.nn.PReLU):
+    def forward(self, input):
+        return prelu(input, self.weight)
+
+
+class RReLU(torch.nn.RReLU):
+    def forward(self, input):
+        return rrelu(input, self.lower, self.upper, self.training, self.inplace)
+
+
+class ELU(torch.nn.ELU):
+    def forward(self, input):
+        return elu(input, self.alpha, self.inplace)
+
+
+class SELU(torch.nn.SELU):
+    def forward(self, input):
+        return selu(input, self.inplace)
+
+
+class CELU(torch.nn.CELU):
+    def forward(self, input):
+        return celu(input, self.alpha, self.inplace)
+
+
+class GELU(torch.nn.GELU):
+    def forward(self, input):
+        return gelu(input, approximate=self.approximate)
+
+
+class SiLU(torch.nn.SiLU):
+    def forward(self, input):
+        return silu(input, inplace=self.inplace)
+
+
+class Mish(torch.nn.Mish):
+    def forward(self, input):
+        return mish(input, inplace=self.inplace)
+
+
+class Hardswish(torch.nn.Hardswish):
+    def forward(self, input):
+        return hardswish(input, self.inplace)
+
+
+class Hardsigmoid(torch.nn.Hardsigmoid):
+    def forward(self, input):
+        return hardsigmoid(input, self.inplace)
+
+
+class Hardtanh(torch.nn.Hardtanh):
+    def forward(self, input):
+        return hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class Sigmoid(torch.nn.Sigmoid):
+    def forward(self, input):
+        return sigmoid(input)
+
+
+class Tanh(torch.nn.Tanh):
+    def forward(self, input):
+        return tanh(input)
+
+
+class Softplus(torch.nn.Softplus):
+    def forward(self, input):
+        return softplus(input, self.beta, self.threshold)
