@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "group_norm_params.h"  // Activation
 #include "row_norm_params.h"  // DType
 
 namespace fused_norm {
@@ -28,6 +29,19 @@ enum class ActKind : int {
   kTanh,         // backward from the output
   kSoftplus,     // args: beta, threshold
 };
+
+// The norms' epilogue Activation (group_norm_params.h) of the kinds the norms fuse too, kNone for
+// every other kind: those share their math with the norms.
+constexpr Activation norm_activation_of(ActKind kind) {
+  switch (kind) {
+    case ActKind::kRelu: return Activation::kRelu;
+    case ActKind::kSilu: return Activation::kSilu;
+    case ActKind::kGelu: return Activation::kGelu;
+    case ActKind::kGeluTanh: return Activation::kGeluTanh;
+    case ActKind::kMish: return Activation::kMish;
+    default: return Activation::kNone;
+  }
+}
 
 constexpr int kMaxActArgs = 3;
 

@@ -173,36 +173,16 @@ struct ActivationMath<Activation::kMish> {
 // ActivationMath above. Where torch's backward tests x with a compare, the masks are those of
 // torch's vectorized CPU kernels (what torch gives for all but a tensor's last few elements), so
 // that a NaN x, or an x exactly at a kink, gets torch's answer.
+// The primary template serves the kinds shared with the norms (no arguments); every other kind
+// specializes it below.
 template <ActKind kKind, typename acc_t>
-struct ActOp;
-
-// The activations shared with the norms: no arguments.
-template <Activation kAct, typename acc_t>
-struct NormActOp {
+struct ActOp {
+  static constexpr Activation kAct = norm_activation_of(kKind);
+  static_assert(kAct != Activation::kNone, "a standalone kind without its ActOp specialization");
   using V = Vectorized<acc_t>;
-  explicit NormActOp(const ActivationArgs&) {}
+  explicit ActOp(const ActivationArgs&) {}
   C10_ALWAYS_INLINE V fwd(const V& x) const { return ActivationMath<kAct>::fwd(x); }
   C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const { return ActivationMath<kAct>::grad(x, dy); }
-};
-template <typename acc_t>
-struct ActOp<ActKind::kRelu, acc_t> : NormActOp<Activation::kRelu, acc_t> {
-  using NormActOp<Activation::kRelu, acc_t>::NormActOp;
-};
-template <typename acc_t>
-struct ActOp<ActKind::kSilu, acc_t> : NormActOp<Activation::kSilu, acc_t> {
-  using NormActOp<Activation::kSilu, acc_t>::NormActOp;
-};
-template <typename acc_t>
-struct ActOp<ActKind::kGelu, acc_t> : NormActOp<Activation::kGelu, acc_t> {
-  using NormActOp<Activation::kGelu, acc_t>::NormActOp;
-};
-template <typename acc_t>
-struct ActOp<ActKind::kGeluTanh, acc_t> : NormActOp<Activation::kGeluTanh, acc_t> {
-  using NormActOp<Activation::kGeluTanh, acc_t>::NormActOp;
-};
-template <typename acc_t>
-struct ActOp<ActKind::kMish, acc_t> : NormActOp<Activation::kMish, acc_t> {
-  using NormActOp<Activation::kMish, acc_t>::NormActOp;
 };
 
 template <typename acc_t>

@@ -442,20 +442,26 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
     }
     std::array<const acc_t*, kParams> params;
     for (int q = 0; q < kParams; ++q) params[q] = coefs[q].data();
+    // xv = x - mean and dz = dy * act'(z) of the chunk at i, k[0..2] (kParams of them used) the
+    // coefficients above.
+    auto load_xmu_dz = [&](int64_t i, auto count, const auto& k, AccVec (&xv)[C::kParts],
+                           AccVec (&dz)[C::kParts]) {
+      C::load(x + offset + i, xv, count);
+      C::load(dy + offset + i, dz, count);
+      for (int part = 0; part < C::kParts; ++part) {
+        xv[part] = xv[part] - k[0][part];
+        if constexpr (kAct != Activation::kNone) {
+          dz[part] = Act::grad(at::vec::fmadd(xv[part], k[1][part], k[2][part]), dz[part]);
+        }
+      }
+    };
     // Scalar math: dz = dy * act'(z); sums[c] = sum_hw dz * xhat, sums[C + c] = sum_hw dz
     column_reduce<SumAcc, T, kParams>(
         sample, threads, workspace, params,
         [&](int64_t i, auto count, const AccVec (&k)[kParams][C::kParts],
             AccVec (&dz_xmu_acc)[C::kParts], AccVec (&dz_acc)[C::kParts]) {
           AccVec xv[C::kParts], dz[C::kParts];
-          C::load(x + offset + i, xv, count);
-          C::load(dy + offset + i, dz, count);
-          for (int part = 0; part < C::kParts; ++part) {
-            xv[part] = xv[part] - k[0][part];
-            if constexpr (kAct != Activation::kNone) {
-              dz[part] = Act::grad(at::vec::fmadd(xv[part], k[1][part], k[2][part]), dz[part]);
-            }
-          }
+          load_xmu_dz(i, count, k, xv, dz);
           // The lanes past a partial chunk load dy = 0, but act'(z) of their made-up z need not
           // be finite.
           C::zero_tail(dz, count);
@@ -481,13 +487,8 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
     column_elementwise<T, 5>(sample, coefs,
                              [&](int64_t i, auto count, const AccVec (&k)[5][C::kParts]) {
       AccVec xv[C::kParts], dz[C::kParts];
-      C::load(x + offset + i, xv, count);
-      C::load(dy + offset + i, dz, count);
+      load_xmu_dz(i, count, k, xv, dz);
       for (int part = 0; part < C::kParts; ++part) {
-        xv[part] = xv[part] - k[0][part];
-        if constexpr (kAct != Activation::kNone) {
-          dz[part] = Act::grad(at::vec::fmadd(xv[part], k[1][part], k[2][part]), dz[part]);
-        }
         xv[part] = at::vec::fmadd(dz[part], k[1][part],
                                   at::vec::fmadd(xv[part], k[3][part], k[4][part]));
       }

@@ -103,34 +103,15 @@ __device__ __forceinline__ Acc activation_grad(Acc dy, Acc z) {
 // ActOp<kKind, Acc> holds the kind's runtime arguments and gives fwd(x) = act(x) and
 // bwd(dy, saved) = dy * act'(.), term for term as torch's CUDA kernels. The kinds the norms fuse
 // reuse activation / activation_grad above. Host-constructible from ActivationArgs.
+// The primary template serves the kinds shared with the norms (no arguments); every other kind
+// specializes it below.
 template <ActKind kKind, typename Acc>
-struct ActOp;
-
-template <Activation kAct, typename Acc>
-struct NormActOp {
-  explicit NormActOp(const ActivationArgs&) {}
+struct ActOp {
+  static constexpr Activation kAct = norm_activation_of(kKind);
+  static_assert(kAct != Activation::kNone, "a standalone kind without its ActOp specialization");
+  explicit ActOp(const ActivationArgs&) {}
   __device__ __forceinline__ Acc fwd(Acc x) const { return activation<kAct>(x); }
   __device__ __forceinline__ Acc bwd(Acc dy, Acc x) const { return activation_grad<kAct>(dy, x); }
-};
-template <typename Acc>
-struct ActOp<ActKind::kRelu, Acc> : NormActOp<Activation::kRelu, Acc> {
-  using NormActOp<Activation::kRelu, Acc>::NormActOp;
-};
-template <typename Acc>
-struct ActOp<ActKind::kSilu, Acc> : NormActOp<Activation::kSilu, Acc> {
-  using NormActOp<Activation::kSilu, Acc>::NormActOp;
-};
-template <typename Acc>
-struct ActOp<ActKind::kGelu, Acc> : NormActOp<Activation::kGelu, Acc> {
-  using NormActOp<Activation::kGelu, Acc>::NormActOp;
-};
-template <typename Acc>
-struct ActOp<ActKind::kGeluTanh, Acc> : NormActOp<Activation::kGeluTanh, Acc> {
-  using NormActOp<Activation::kGeluTanh, Acc>::NormActOp;
-};
-template <typename Acc>
-struct ActOp<ActKind::kMish, Acc> : NormActOp<Activation::kMish, Acc> {
-  using NormActOp<Activation::kMish, Acc>::NormActOp;
 };
 
 template <typename Acc>
