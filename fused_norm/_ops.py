@@ -340,7 +340,7 @@ torch.library.register_autograd(
 )
 
 
-# Softmax: the forward op's autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# Softmax: the forward op's autograd is C++ (csrc/common/elementwise_autograd.cpp: the
 # backward op on the saved output); the backward op's own backward is written out below in torch
 # ops (themselves differentiable, so higher orders work too). With g = grad_out, y = output, v = the gradient of dx, sums over dim:
 #   softmax     dx = y * (g - sum(g * y)):  dg = y * (v - sum(v * y))   (the backward op again)
@@ -372,7 +372,7 @@ torch.library.register_autograd(
 )
 
 
-# Gated units: the forward ops' autograd is C++ (csrc/common/softmax_gated_autograd.cpp: the
+# Gated units: the forward ops' autograd is C++ (csrc/common/elementwise_autograd.cpp: the
 # backward ops on the saved inputs); the backward ops' own backward differentiates the reference vector-Jacobian product (da = act'(a) * dy * b, db = act(a) * dy)
 # in torch ops.
 
@@ -435,9 +435,7 @@ torch.library.register_autograd(
 # Outputs follow the C++ layer (csrc/common/activation.cpp): the elementwise ops give their
 # results the strides of a dense input and empty_like's layout otherwise, exactly what
 # torch.empty_like does; PReLU with a slope per channel gives the group-norm layout.
-
-# The kinds whose backward reads the forward's output, as torch's sigmoid_backward/tanh_backward.
-SAVES_OUTPUT = frozenset({"sigmoid", "tanh"})
+# activation_fwd's autograd is C++ (csrc/common/elementwise_autograd.cpp).
 
 
 @torch.library.register_fake("fused_norm::activation_fwd")
@@ -474,17 +472,6 @@ def _prelu_bwd_fake(grad_out, input, weight, output_mask):
     return (_prelu_layout_empty(input, weight) if output_mask[0] else _unwanted(input),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1]
             else _unwanted(input))
-
-
-def _activation_fwd_setup(ctx, inputs, output):
-    input, kind, args = inputs
-    ctx.kind, ctx.args = kind, args
-    ctx.save_for_backward(output if kind in SAVES_OUTPUT else input)
-
-
-def _activation_fwd_backward(ctx, grad):
-    (saved,) = ctx.saved_tensors
-    return ops.activation_bwd(grad, saved, ctx.kind, ctx.args), None, None
 
 
 def _activation_bwd_setup(ctx, inputs, output):
@@ -527,9 +514,6 @@ def _activation_bwd_backward(ctx, grad_dx):
     return grad_dy, grad_saved, None, None
 
 
-torch.library.register_autograd(
-    "fused_norm::activation_fwd", _activation_fwd_backward, setup_context=_activation_fwd_setup
-)
 torch.library.register_autograd(
     "fused_norm::activation_bwd", _activation_bwd_backward, setup_context=_activation_bwd_setup
 )

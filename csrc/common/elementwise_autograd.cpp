@@ -1,10 +1,11 @@
-// Autograd of the softmax and gated-unit forward ops, in C++ like the row norms'
-// (norm_autograd.cpp): torch.library's Python register_autograd costs tens of microseconds
-// per call, as much as a whole softmax backward of a few MB on CPU. The backward calls the
-// backward op through the dispatcher, so that double backward goes through that op's own
+// Autograd of the softmax, gated-unit and activation forward ops, in C++ like the row norms'
+// (norm_autograd.cpp): torch.library's Python register_autograd costs tens of microseconds per
+// call, as much as a whole softmax or activation backward of a few MB on CPU. The backward calls
+// the backward op through the dispatcher, so that double backward goes through that op's own
 // autograd (fused_norm/_ops.py) and torch.compile traces it like any op.
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -98,6 +99,44 @@ class GatedFunction : public torch::autograd::Function<GatedFunction> {
   }
 };
 
+// Inputs: input, kind, args. Saves the output for the kinds whose backward is written in it
+// (sigmoid, tanh, as torch's sigmoid_backward / tanh_backward: activation_bwd's `saved`), the
+// input for every other kind.
+class ActivationFunction : public torch::autograd::Function<ActivationFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, c10::string_view kind,
+                            c10::ArrayRef<double> args) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::activation_fwd", "")
+            .typed<at::Tensor(const at::Tensor&, c10::string_view, c10::ArrayRef<double>)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(input, kind, args);
+    const bool saves_output = kind == "sigmoid" || kind == "tanh";
+    ctx->saved_data["kind"] = std::string(kind.data(), kind.size());
+    ctx->saved_data["args"] = args.vec();
+    ctx->save_for_backward({saves_output ? y : input});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::activation_bwd", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
+                              c10::ArrayRef<double>)>();
+    const at::Tensor saved = ctx->get_saved_variables()[0];
+    const std::string kind = ctx->saved_data["kind"].toStringRef();
+    const std::vector<double> args = ctx->saved_data["args"].toDoubleVector();
+    return {op.call(grads[0], saved, kind, args), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor activation_fwd_autograd(const at::Tensor& input, c10::string_view kind,
+                                   c10::ArrayRef<double> args) {
+  return ActivationFunction::apply(input, kind, args);
+}
+
 at::Tensor softmax_fwd_autograd(const at::Tensor& input, int64_t dim, bool log) {
   return SoftmaxFunction::apply(input, dim, log);
 }
@@ -117,6 +156,7 @@ TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
   m.impl("softmax_fwd", TORCH_FN(softmax_fwd_autograd));
   m.impl("gated_chunk_fwd", TORCH_FN(gated_chunk_fwd_autograd));
   m.impl("gated_fwd", TORCH_FN(gated_fwd_autograd));
+  m.impl("activation_fwd", TORCH_FN(activation_fwd_autograd));
 }
 
 }  // namespace fused_norm
