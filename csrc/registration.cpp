@@ -19,6 +19,26 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def(
       "rms_norm_bwd(Tensor grad_out, Tensor input, SymInt[] normalized_shape, Tensor rstd, "
       "Tensor? weight, bool[2] output_mask) -> (Tensor, Tensor)");
+  // Fused add + norm (LayerNorm, or RMSNorm with rms): y = norm(h), h = dropout(input) + alpha *
+  // residual, with the residual stream h in residual_dtype (default: the residual's dtype, else
+  // the input's) and y in out_dtype (default: the input's). dropout_seed: one int64 on the
+  // input's device (drawn from torch's generator by the caller), needed when dropout_p > 0.
+  // write_sum false: h is not written (sum comes back empty). mean is empty for RMSNorm.
+  // memory_efficient is for autograd alone: it saves y instead of h, and the backward recomputes
+  // xhat = (y - bias) / weight (the weight must have no zeros). The backward takes the saved h,
+  // or y when saved_is_output, and returns the gradients of input, residual (in residual_dtype),
+  // weight and bias.
+  m.def(
+      "add_norm_fwd(Tensor input, Tensor? residual, SymInt[] normalized_shape, Tensor? weight, "
+      "Tensor? bias, float eps, bool rms, float alpha, float dropout_p, Tensor? dropout_seed, "
+      "ScalarType? residual_dtype, ScalarType? out_dtype, bool zero_centered_weight, "
+      "bool write_sum, bool memory_efficient) -> (Tensor y, Tensor sum, Tensor mean, Tensor rstd)");
+  m.def(
+      "add_norm_bwd(Tensor grad_out, Tensor? grad_sum, Tensor saved, SymInt[] normalized_shape, "
+      "Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, bool rms, float alpha, "
+      "float dropout_p, Tensor? dropout_seed, bool zero_centered_weight, bool saved_is_output, "
+      "ScalarType input_dtype, ScalarType residual_dtype, bool[4] output_mask) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
 
   // Column norms (BatchNorm and its fused forms), in pieces so that SyncBatchNorm can combine
   // statistics across processes between them. The input is (N, C, *); statistics are per channel

@@ -9,12 +9,12 @@ from .activations import (
 )
 from .fold import fold_batch_norm
 from .functional import (
-    batch_norm, batch_norm_add_relu, batch_norm_relu, group_norm, group_norm_act, instance_norm,
-    layer_norm, rms_norm,
+    add_layer_norm, add_rms_norm, batch_norm, batch_norm_add_relu, batch_norm_relu, group_norm,
+    group_norm_act, instance_norm, layer_norm, rms_norm,
 )
 from .modules import (
-    BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
-    LayerNorm, RMSNorm, SyncBatchNorm,
+    AddLayerNorm, AddRMSNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
+    InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm, SyncBatchNorm,
 )
 from .gated import GeGLU, SwiGLU, geglu, swiglu
 from .softmax import LogSoftmax, Softmax, log_softmax, softmax
@@ -22,13 +22,13 @@ from .softmax import LogSoftmax, Softmax, log_softmax, softmax
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "CELU", "ELU", "GELU", "GeGLU", "GroupNorm",
-    "Hardsigmoid", "Hardswish", "Hardtanh", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-    "LayerNorm", "LeakyReLU", "LogSoftmax", "Mish", "PReLU", "RMSNorm", "RReLU", "ReLU", "ReLU6",
-    "SELU", "SiLU", "Sigmoid", "Softmax", "Softplus", "SwiGLU", "SyncBatchNorm", "Tanh",
-    "batch_norm", "batch_norm_add_relu", "batch_norm_relu", "celu", "elu", "fold_batch_norm",
-    "geglu", "gelu", "group_norm", "group_norm_act", "hardsigmoid", "hardswish", "hardtanh",
-    "instance_norm", "layer_norm", "leaky_relu", "log_softmax", "mish", "prelu", "reference",
-    "relu", "relu6", "rms_norm", "rrelu", "selu", "sigmoid", "silu", "softmax", "softplus",
-    "swiglu", "tanh",
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "CELU", "ELU",
+    "GELU", "GeGLU", "GroupNorm", "Hardsigmoid", "Hardswish", "Hardtanh", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "LeakyReLU", "LogSoftmax", "Mish", "PReLU",
+    "RMSNorm", "RReLU", "ReLU", "ReLU6", "SELU", "SiLU", "Sigmoid", "Softmax", "Softplus", "SwiGLU",
+    "SyncBatchNorm", "Tanh", "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_add_relu",
+    "batch_norm_relu", "celu", "elu", "fold_batch_norm", "geglu", "gelu", "group_norm",
+    "group_norm_act", "hardsigmoid", "hardswish", "hardtanh", "instance_norm", "layer_norm",
+    "leaky_relu", "log_softmax", "mish", "prelu", "reference", "relu", "relu6", "rms_norm", "rrelu",
+    "selu", "sigmoid", "silu", "softmax", "softplus", "swiglu", "tanh",
 ]

@@ -592,6 +592,155 @@ torch.library.register_autograd(
 
 
 # ---------------------------------------------------------------------------------------------
+# Fused add + norm: h = dropout(input) + alpha * residual, y = norm(h). Fakes, then autograd in
+# Python: the forward saves h (or y in the memory-efficient mode, or the input itself when h is
+# the input) and calls add_norm_bwd, whose own backward differentiates the reference formula.
+
+
+def _add_norm_dtypes(input, residual, residual_dtype, out_dtype):
+    if residual_dtype is None:
+        residual_dtype = residual.dtype if residual is not None else input.dtype
+    return residual_dtype, out_dtype if out_dtype is not None else input.dtype
+
+
+@torch.library.register_fake("fused_norm::add_norm_fwd")
+def _add_norm_fwd_fake(input, residual, normalized_shape, weight, bias, eps, rms, alpha,
+                       dropout_p, dropout_seed, residual_dtype, out_dtype, zero_centered_weight,
+                       write_sum, memory_efficient):
+    M = _num_rows(input, normalized_shape)
+    stats = stats_dtype(input.dtype)
+    residual_dtype, out_dtype = _add_norm_dtypes(input, residual, residual_dtype, out_dtype)
+    return (
+        input.new_empty(input.shape, dtype=out_dtype),
+        input.new_empty(input.shape if write_sum else (0,), dtype=residual_dtype),
+        input.new_empty((0 if rms else M,), dtype=stats),
+        input.new_empty((M,), dtype=stats),
+    )
+
+
+@torch.library.register_fake("fused_norm::add_norm_bwd")
+def _add_norm_bwd_fake(grad_out, grad_sum, saved, normalized_shape, mean, rstd, weight, bias, rms,
+                       alpha, dropout_p, dropout_seed, zero_centered_weight, saved_is_output,
+                       input_dtype, residual_dtype, output_mask):
+    def full(wanted, dtype):
+        return saved.new_empty(saved.shape, dtype=dtype) if wanted else _unwanted(saved)
+    return (
+        full(output_mask[0], input_dtype),
+        full(output_mask[1], residual_dtype),
+        _param_grad_fake(output_mask[2], weight, saved),
+        _param_grad_fake(output_mask[3], bias, saved),
+    )
+
+
+def _add_norm_fwd_setup(ctx, inputs, output):
+    (input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p, dropout_seed,
+     residual_dtype, out_dtype, zero_centered_weight, write_sum, memory_efficient) = inputs
+    y, h, mean, rstd = output
+    ctx.set_materialize_grads(False)
+    ctx.normalized_shape = normalized_shape
+    ctx.options = (rms, alpha, dropout_p)
+    ctx.zero_centered_weight = zero_centered_weight
+    ctx.input_dtype, ctx.out_dtype = input.dtype, y.dtype
+    ctx.residual_dtype = h.dtype
+    ctx.residual_grad_dtype = residual.dtype if residual is not None else None
+    ctx.sum_written = write_sum
+    h_is_input = residual is None and dropout_p == 0 and h.dtype == input.dtype
+    # Without h (not written, and not the input itself) the backward works from y, as in the
+    # memory-efficient mode.
+    ctx.saved_is_output = memory_efficient or not (write_sum or h_is_input)
+    saved = y if ctx.saved_is_output else (h if write_sum else input)
+    ctx.save_for_backward(saved, mean, rstd, weight, bias, dropout_seed)
+
+
+def _add_norm_fwd_backward(ctx, grad_y, grad_sum, grad_mean, grad_rstd):
+    saved, mean, rstd, weight, bias, seed = ctx.saved_tensors
+    rms, alpha, dropout_p = ctx.options
+    if grad_y is None:
+        grad_y = saved.new_zeros(saved.shape, dtype=ctx.out_dtype)
+    if not ctx.sum_written:
+        grad_sum = None
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.residual_grad_dtype is not None,
+            ctx.needs_input_grad[3] and weight is not None,
+            ctx.needs_input_grad[4] and bias is not None]
+    d_input, d_residual, d_weight, d_bias = ops.add_norm_bwd(
+        grad_y, grad_sum, saved, ctx.normalized_shape, mean, rstd, weight, bias, rms, alpha,
+        dropout_p, seed, ctx.zero_centered_weight, ctx.saved_is_output, ctx.input_dtype,
+        ctx.residual_dtype, mask)
+    if mask[1] and d_residual.dtype != ctx.residual_grad_dtype:
+        d_residual = d_residual.to(ctx.residual_grad_dtype)
+    return (d_input if mask[0] else None, d_residual if mask[1] else None, None,
+            d_weight if mask[2] else None, d_bias if mask[3] else None) + (None,) * 10
+
+
+def _add_norm_bwd_setup(ctx, inputs, output):
+    (grad_out, grad_sum, saved, normalized_shape, mean, rstd, weight, bias, rms, alpha, dropout_p,
+     dropout_seed, zero_centered_weight, saved_is_output, input_dtype, residual_dtype,
+     output_mask) = inputs
+    ctx.normalized_shape = normalized_shape
+    ctx.options = (rms, alpha, dropout_p, zero_centered_weight, input_dtype, residual_dtype)
+    ctx.saved_is_output = saved_is_output
+    ctx.output_mask = [output_mask[0], output_mask[1], output_mask[2] and weight is not None,
+                       output_mask[3] and bias is not None]
+    ctx.save_for_backward(grad_out, grad_sum, saved, mean, rstd, weight, dropout_seed)
+
+
+def _dropout_multipliers(like, normalized_shape, rms, dropout_p, seed, dtype):
+    """The multipliers (0 or 1 / (1 - p)) the kernels' dropout applied: dropout(ones), from the
+    forward op itself with the same seed."""
+    ones = torch.ones(like.shape, dtype=dtype, device=like.device)
+    return ops.add_norm_fwd(ones, None, normalized_shape, None, None, 1.0, rms, 1.0, dropout_p,
+                            seed, dtype, None, False, True, False)[1]
+
+
+def _add_norm_bwd_backward(ctx, g_d_input, g_d_residual, g_d_weight, g_d_bias):
+    """Gradients of (d_input, d_residual, d_weight, d_bias) w.r.t. (grad_out, grad_sum, h,
+    weight): d_input = mult * dh, d_residual = alpha * dh, dh = norm_bwd(grad_out, h) + grad_sum,
+    differentiated on the reference formula with the statistics as functions of h."""
+    if ctx.saved_is_output:
+        raise NotImplementedError(
+            "fused_norm: double backward of add_layer_norm / add_rms_norm is not supported with "
+            "memory_efficient=True (the backward works from y, not from its input)")
+    grad_out, grad_sum, h, mean, rstd, weight, seed = ctx.saved_tensors
+    rms, alpha, dropout_p, zero_centered, input_dtype, residual_dtype = ctx.options
+    grads = [g if wanted else None for g, wanted in
+             zip((g_d_input, g_d_residual, g_d_weight, g_d_bias), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        dy = grad_out.detach().requires_grad_()
+        hh = h.detach().requires_grad_()
+        gs = grad_sum.detach().requires_grad_() if grad_sum is not None else None
+        w = weight.detach().requires_grad_() if weight is not None else None
+        rows = hh.reshape(rstd.shape[0], -1).to(stats_dtype(input_dtype))
+        mean_d, rstd_d = _differentiable_stats(rows, mean, rstd, rms)
+        w_applied = w + 1 if (w is not None and zero_centered) else w
+        dh, d_w, d_b = row_norm_bwd_ref(dy, hh, ctx.normalized_shape, mean_d, rstd_d, w_applied,
+                                        rms)
+        if gs is not None:
+            dh = dh + gs
+        mult = (_dropout_multipliers(h, ctx.normalized_shape, rms, dropout_p, seed, dh.dtype)
+                if dropout_p > 0 else 1)
+        outs = [(dh * mult).to(input_dtype), alpha * dh, d_w, None if rms else d_b]
+        leaves = [t for t in (dy, gs, hh, w) if t is not None]
+        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None]
+        result = (torch.autograd.grad([o for o, _ in pairs], leaves,
+                                      [g.to(o.dtype) for o, g in pairs],
+                                      create_graph=create_graph, allow_unused=True)
+                  if pairs else [None] * len(leaves))
+    it = iter(result)
+    g_dy, g_gs, g_h = next(it), (next(it) if gs is not None else None), next(it)
+    g_w = next(it) if w is not None else None
+    return (g_dy, g_gs, g_h, None, None, None, g_w) + (None,) * 10
+
+
+torch.library.register_autograd(
+    "fused_norm::add_norm_fwd", _add_norm_fwd_backward, setup_context=_add_norm_fwd_setup
+)
+torch.library.register_autograd(
+    "fused_norm::add_norm_bwd", _add_norm_bwd_backward, setup_context=_add_norm_bwd_setup
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
 # from torch 2.13, rms_norm), group_norm, softmax and log_softmax in float32; under CPU autocast
 # it leaves them in the input dtype.
@@ -602,6 +751,7 @@ def _torch_autocasts(aten_op, dispatch_key):
 
 
 for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm"),
+                       ("add_norm_fwd", "aten::layer_norm"),
                        ("group_norm_fwd", "aten::group_norm"),
                        ("softmax_fwd", "aten::softmax.int")):
     for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):

@@ -46,6 +46,41 @@ class RowNorm:
         return inputs, (lambda *a: self.ours(x, w, b)), (lambda *a: self.theirs(x, w, b))
 
 
+class AddNorm:
+    """The pre-norm residual add fused with LayerNorm / RMSNorm over the last dim of (M, N)
+    tensors: h = x + residual, y = norm(h), h kept for the next block; torch's peer is the unfused
+    composition. Bytes: forward reads x and the residual and writes y and h; backward reads h and
+    dy and writes the gradients of x and the residual."""
+
+    # The fused CUDA kernels hold a row in registers: hidden sizes up to 8192.
+    cuda_shapes = RowNorm.cuda_shapes[:4]
+    cpu_shapes = RowNorm.cpu_shapes
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 4, 4
+
+    def __init__(self, rms):
+        self.rms = rms
+
+    def make(self, shape, layout, device, dtype):
+        M, N = shape
+        x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+        residual = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+        b = None if self.rms else torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+        inputs = [t for t in (x, residual, w, b) if t is not None]
+
+        def ours(*_):
+            if self.rms:
+                return fused_norm.add_rms_norm(x, residual, (N,), w, prenorm=True)[0]
+            return fused_norm.add_layer_norm(x, residual, (N,), w, b, prenorm=True)[0]
+
+        def theirs(*_):
+            h = x + residual
+            return F.rms_norm(h, (N,), w) if self.rms else F.layer_norm(h, (N,), w, b)
+
+        return inputs, ours, theirs
+
+
 class BatchNorm:
     """Training BatchNorm2d (optionally + ReLU, or + residual + ReLU) of an (N, C, H, W) tensor,
     NCHW or channels_last. Bytes as the issue counts them: forward reads x (and the residual)
@@ -222,6 +257,8 @@ OPS = {
                           lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), has_bias=True),
     "rms_norm": RowNorm(lambda x, w, b: fused_norm.rms_norm(x, x.shape[-1:], w),
                         lambda x, w, b: F.rms_norm(x, x.shape[-1:], w), has_bias=False),
+    "add_layer_norm": AddNorm(rms=False),
+    "add_rms_norm": AddNorm(rms=True),
     "batch_norm": BatchNorm(None),
     "batch_norm_relu": BatchNorm("relu"),
     "batch_norm_add_relu": BatchNorm("add_relu"),

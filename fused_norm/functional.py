@@ -8,8 +8,8 @@ from . import _batch_norm, _ops
 from .reference import stats_dtype
 
 __all__ = [
-    "batch_norm", "batch_norm_add_relu", "batch_norm_relu", "group_norm", "group_norm_act",
-    "instance_norm", "layer_norm", "rms_norm",
+    "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_add_relu", "batch_norm_relu",
+    "group_norm", "group_norm_act", "instance_norm", "layer_norm", "rms_norm",
 ]
 
 
@@ -30,6 +30,61 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     if eps is None:
         eps = torch.finfo(stats_dtype(input.dtype)).eps
     return _ops.ops.rms_norm_fwd(input, _as_shape(normalized_shape), weight, eps)[0]
+
+
+def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p,
+              training, prenorm, residual_in_fp32, out_dtype, zero_centered_weight,
+              memory_efficient):
+    dropout_p = float(dropout_p) if training else 0.0
+    seed = None
+    if dropout_p > 0:
+        # One 64-bit key per call from torch's generator: reproducible under torch.manual_seed,
+        # traced by torch.compile like any random op, and all the backward needs to regenerate
+        # the mask.
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=input.device)
+    residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, residual, weight, bias))
+    # h is written when returned, and when the backward needs it (unless it is the input).
+    h_is_input = residual is None and dropout_p == 0 and residual_dtype is None
+    write_sum = prenorm or (needs_grad and not memory_efficient and not h_is_input)
+    y, h, _, _ = _ops.ops.add_norm_fwd(
+        input, residual, _as_shape(normalized_shape), weight, bias, eps, rms, float(alpha),
+        dropout_p, seed, residual_dtype, out_dtype, zero_centered_weight, write_sum,
+        memory_efficient)
+    return (y, h) if prenorm else y
+
+
+def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *,
+                   alpha=1.0, dropout_p=0.0, training=True, prenorm=False,
+                   residual_in_fp32=False, out_dtype=None, zero_centered_weight=False,
+                   memory_efficient=False):
+    """layer_norm(h), h = dropout(input) + alpha * residual, in one pass each way.
+
+    The residual add of a transformer block fused with its LayerNorm. `residual` may be None
+    (then h = dropout(input)). alpha scales the residual (DeepNorm: norm(alpha * x + f(x)) is
+    ``add_layer_norm(f(x), x, ..., alpha=alpha)``); dropout applies to `input` in training, with a
+    mask drawn from torch's generator that the backward regenerates. With prenorm=True returns
+    (y, h): h is the residual stream for the next block, in float32 with residual_in_fp32, else in
+    the residual's dtype (the input's without residual). out_dtype: y's dtype (default the
+    input's). zero_centered_weight: the weight is applied as (1 + weight). memory_efficient:
+    autograd saves y instead of h and recomputes from it (the weight must have no zeros).
+    """
+    return _add_norm(input, residual, normalized_shape, weight, bias, eps, False, alpha,
+                     dropout_p, training, prenorm, residual_in_fp32, out_dtype,
+                     zero_centered_weight, memory_efficient)
+
+
+def add_rms_norm(input, residual, normalized_shape, weight=None, eps=None, *, alpha=1.0,
+                 dropout_p=0.0, training=True, prenorm=False, residual_in_fp32=False,
+                 out_dtype=None, zero_centered_weight=False, memory_efficient=False):
+    """rms_norm(h), h = dropout(input) + alpha * residual: add_layer_norm's options for RMSNorm
+    (zero_centered_weight=True is Gemma's (1 + weight) RMSNorm). eps=None as in rms_norm."""
+    if eps is None:
+        eps = torch.finfo(stats_dtype(input.dtype)).eps
+    return _add_norm(input, residual, normalized_shape, weight, None, eps, True, alpha,
+                     dropout_p, training, prenorm, residual_in_fp32, out_dtype,
+                     zero_centered_weight, memory_efficient)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

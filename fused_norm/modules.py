@@ -7,7 +7,7 @@ from . import _batch_norm
 from . import functional as F
 
 __all__ = [
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
     "InstanceNorm3d", "LayerNorm", "RMSNorm", "SyncBatchNorm",
 ]
 
@@ -20,6 +20,63 @@ class LayerNorm(torch.nn.LayerNorm):
 class RMSNorm(torch.nn.RMSNorm):
     def forward(self, x):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+# The options of the fused add + norm modules and their defaults (see functional.add_layer_norm).
+_ADD_NORM_DEFAULTS = {
+    "alpha": 1.0, "dropout_p": 0.0, "prenorm": False, "residual_in_fp32": False,
+    "out_dtype": None, "zero_centered_weight": False, "memory_efficient": False,
+}
+
+
+class _AddNorm:
+    """The fusion options kept on an add + norm module; parameters and state_dict are those of
+    the norm it subclasses."""
+
+    def __init__(self, *args, alpha=1.0, dropout_p=0.0, prenorm=False, residual_in_fp32=False,
+                 out_dtype=None, zero_centered_weight=False, memory_efficient=False, **kwargs):
+        if not 0.0 <= dropout_p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+        self._fusion = {
+            "alpha": alpha, "dropout_p": dropout_p, "prenorm": prenorm,
+            "residual_in_fp32": residual_in_fp32, "out_dtype": out_dtype,
+            "zero_centered_weight": zero_centered_weight, "memory_efficient": memory_efficient,
+        }
+        super().__init__(*args, **kwargs)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        # (1 + weight) starts at 1, as the plain weight does.
+        if self.weight is not None and self._fusion["zero_centered_weight"]:
+            torch.nn.init.zeros_(self.weight)
+
+    def extra_repr(self):
+        changed = [f"{name}={value}" for name, value in self._fusion.items()
+                   if value != _ADD_NORM_DEFAULTS[name]]
+        return ", ".join([super().extra_repr()] + changed)
+
+    def _options(self):
+        options = dict(self._fusion)
+        options["training"] = self.training
+        return options
+
+
+class AddLayerNorm(_AddNorm, torch.nn.LayerNorm):
+    """LayerNorm(dropout(input) + alpha * residual); forward(input, residual=None) returns y, or
+    (y, h) with prenorm=True. Options: see fused_norm.add_layer_norm."""
+
+    def forward(self, input, residual=None):
+        return F.add_layer_norm(input, residual, self.normalized_shape, self.weight, self.bias,
+                                self.eps, **self._options())
+
+
+class AddRMSNorm(_AddNorm, torch.nn.RMSNorm):
+    """RMSNorm(dropout(input) + alpha * residual); forward(input, residual=None) returns y, or
+    (y, h) with prenorm=True. Options: see fused_norm.add_rms_norm."""
+
+    def forward(self, input, residual=None):
+        return F.add_rms_norm(input, residual, self.normalized_shape, self.weight, self.eps,
+                              **self._options())
 
 
 class _FusedBatchNorm:

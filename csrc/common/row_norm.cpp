@@ -219,4 +219,218 @@ Tensor2 rms_norm_bwd(const RowNormBackend& backend, const at::Tensor& grad_out,
   return {dx, dweight};
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// Fused add + norm
+
+namespace {
+
+const char* add_norm_name(bool rms) { return rms ? "add_rms_norm" : "add_layer_norm"; }
+
+// The dtypes of one fused call are all float64 or none: the kernels accumulate in double for
+// float64 and in float otherwise, and do not mix the two.
+void check_precision_family(const char* op, at::ScalarType input, at::ScalarType other,
+                            const char* what) {
+  TORCH_CHECK_NOT_IMPLEMENTED(is_kernel_dtype(other),
+                              message("\"", op, "\" not implemented for ", what, " of dtype '",
+                                      other, "'"));
+  TORCH_CHECK((input == at::kDouble) == (other == at::kDouble),
+              message(op, ": float64 cannot be mixed with other dtypes, but the input is ", input,
+                      " and the ", what, " is ", other));
+}
+
+void check_same_shape(const char* op, const at::Tensor& t, const char* name,
+                      const at::Tensor& like, const char* like_name) {
+  check_same_device(like, t);
+  TORCH_CHECK(t.sizes().equals(like.sizes()),
+              message(op, ": expected ", name, " of shape ", like.sizes(), " (the ", like_name,
+                      "'s), but got ", t.sizes()));
+}
+
+void check_dropout(const char* op, const AddNormOptions& o, const at::Tensor& input) {
+  TORCH_CHECK_VALUE(o.dropout_p >= 0 && o.dropout_p <= 1,
+                    message("dropout probability has to be between 0 and 1, but got ",
+                            o.dropout_p));
+  if (o.dropout_p == 0) return;
+  TORCH_CHECK(defined(o.dropout_seed) && o.dropout_seed->scalar_type() == at::kLong &&
+                  o.dropout_seed->numel() >= 1,
+              message(op, ": dropout_p > 0 needs dropout_seed, one int64 value"));
+  check_same_device(input, *o.dropout_seed);
+}
+
+RowPrologue prologue_of(const AddNormOptions& o, const at::Tensor& seed, at::ScalarType residual_dtype) {
+  RowPrologue pro;
+  pro.fused = true;
+  pro.alpha = o.alpha;
+  pro.dropout_p = o.dropout_p;
+  pro.dropout_seed = o.dropout_p > 0 ? seed.const_data_ptr<int64_t>() : nullptr;
+  pro.residual_dtype = to_dtype(residual_dtype);
+  return pro;
+}
+
+}  // namespace
+
+Tensor4 add_norm_fwd(const RowNormBackend& backend, const at::Tensor& input,
+                     const std::optional<at::Tensor>& residual_in,
+                     at::IntArrayRef normalized_shape, const std::optional<at::Tensor>& weight_in,
+                     const std::optional<at::Tensor>& bias_in, double eps,
+                     const AddNormOptions& options,
+                     std::optional<at::ScalarType> residual_dtype_in,
+                     std::optional<at::ScalarType> out_dtype_in, bool write_sum) {
+  const bool rms = options.rms;
+  const char* op = add_norm_name(rms);
+  TORCH_CHECK(!(rms && defined(bias_in)), message(op, ": RMSNorm takes no bias"));
+  const RowShape shape = check_row_norm_args(op, rms, input, normalized_shape, weight_in, bias_in);
+  if (defined(residual_in)) {
+    check_same_shape(op, *residual_in, "residual", input, "input");
+    check_precision_family(op, input.scalar_type(), residual_in->scalar_type(), "residual");
+  }
+  const at::ScalarType residual_dtype = residual_dtype_in.value_or(
+      defined(residual_in) ? residual_in->scalar_type() : input.scalar_type());
+  const at::ScalarType out_dtype = out_dtype_in.value_or(input.scalar_type());
+  check_precision_family(op, input.scalar_type(), residual_dtype, "residual_dtype");
+  check_precision_family(op, input.scalar_type(), out_dtype, "out_dtype");
+  check_dropout(op, options, input);
+
+  c10::DeviceGuard device_guard(input.device());
+  const at::Tensor x = input.contiguous();
+  // The kernels read the residual in the stream's dtype: a 16-bit residual added into a float32
+  // stream (residual_in_fp32 on the first block) is converted first.
+  const std::optional<at::Tensor> residual =
+      defined(residual_in) ? std::optional<at::Tensor>(
+                                 residual_in->to(residual_dtype).contiguous())
+                           : std::nullopt;
+  const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
+  const std::optional<at::Tensor> bias = contiguous_or_none(bias_in);
+  const at::Tensor seed = options.dropout_p > 0 ? options.dropout_seed->contiguous() : at::Tensor();
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  at::Tensor sum = at::empty(write_sum ? x.sizes() : at::IntArrayRef{0},
+                             x.options().dtype(residual_dtype));
+  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
+  at::Tensor mean = at::empty({rms ? 0 : shape.M}, stats_options);
+  at::Tensor rstd = at::empty({shape.M}, stats_options);
+  if (shape.M == 0) return {y, sum, mean, rstd};
+  if (shape.N == 0) {
+    mean.zero_();
+    rstd.fill_(1.0 / std::sqrt(eps));
+    return {y, sum, mean, rstd};
+  }
+  RowNormFwdParams p{};
+  p.x = x.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.bias = data_or_null(bias);
+  p.y = y.mutable_data_ptr();
+  p.mean = rms ? nullptr : mean.mutable_data_ptr();
+  p.rstd = rstd.mutable_data_ptr();
+  p.M = shape.M;
+  p.N = shape.N;
+  p.eps = eps;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.param_dtype = param_dtype_of(x, weight, bias);
+  p.rms = rms;
+  p.zero_centered = options.zero_centered_weight;
+  p.prologue = prologue_of(options, seed, residual_dtype);
+  p.prologue.residual = data_or_null(residual);
+  p.sum_out = write_sum ? sum.mutable_data_ptr() : nullptr;
+  p.y_dtype = to_dtype(out_dtype);
+  backend.fwd(p);
+  return {y, sum, mean, rstd};
+}
+
+Tensor4 add_norm_bwd(const RowNormBackend& backend, const at::Tensor& grad_out,
+                     const std::optional<at::Tensor>& grad_sum_in, const at::Tensor& saved_in,
+                     at::IntArrayRef normalized_shape, const at::Tensor& mean_in,
+                     const at::Tensor& rstd_in, const std::optional<at::Tensor>& weight_in,
+                     const std::optional<at::Tensor>& bias_in, const AddNormOptions& options,
+                     bool saved_is_output, at::ScalarType input_dtype,
+                     at::ScalarType residual_dtype, std::array<bool, 4> output_mask) {
+  const bool rms = options.rms;
+  const char* op = add_norm_name(rms);
+  TORCH_CHECK(!(rms && defined(bias_in)), message(op, ": RMSNorm takes no bias"));
+  TORCH_CHECK_NOT_IMPLEMENTED(is_kernel_dtype(input_dtype),
+                              message("\"", op, "\" not implemented for '", input_dtype, "'"));
+  // The forward's checks, made on a stand-in for the input (its dtype and shape, no storage).
+  const at::Tensor input_like =
+      at::empty({1}, saved_in.options().dtype(input_dtype)).expand(saved_in.sizes());
+  const RowShape shape =
+      check_row_norm_args(op, rms, input_like, normalized_shape, weight_in, bias_in);
+  check_same_shape(op, grad_out, "grad_out", saved_in, "saved tensor");
+  check_precision_family(op, input_dtype, grad_out.scalar_type(), "grad_out");
+  check_precision_family(op, input_dtype, residual_dtype, "residual_dtype");
+  const at::ScalarType saved_dtype = saved_is_output ? grad_out.scalar_type() : residual_dtype;
+  TORCH_CHECK(saved_in.scalar_type() == saved_dtype,
+              message(op, ": expected the saved tensor of dtype ", saved_dtype, ", but got ",
+                      saved_in.scalar_type()));
+  if (defined(grad_sum_in)) {
+    check_same_shape(op, *grad_sum_in, "grad_sum", saved_in, "saved tensor");
+    TORCH_CHECK(grad_sum_in->scalar_type() == residual_dtype,
+                message(op, ": expected grad_sum of dtype ", residual_dtype, ", but got ",
+                        grad_sum_in->scalar_type()));
+  }
+  check_dropout(op, options, saved_in);
+  const at::ScalarType stats = stats_dtype(input_dtype);
+  auto check_stats = [&](const char* name, const at::Tensor& t) {
+    check_same_device(saved_in, t);
+    TORCH_CHECK(t.numel() == shape.M && t.scalar_type() == stats,
+                message(op, ": expected ", name, " with ", shape.M, " elements of dtype ", stats,
+                        " (as returned by the forward), but got ", t.numel(),
+                        " elements of dtype ", t.scalar_type()));
+  };
+  check_stats("rstd", rstd_in);
+  if (!rms && !saved_is_output) check_stats("mean", mean_in);
+
+  c10::DeviceGuard device_guard(saved_in.device());
+  const at::Tensor saved = saved_in.contiguous();
+  const at::Tensor dy = grad_out.contiguous();
+  const std::optional<at::Tensor> grad_sum = contiguous_or_none(grad_sum_in);
+  const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
+  const std::optional<at::Tensor> bias = contiguous_or_none(bias_in);
+  const at::Tensor rstd = rstd_in.contiguous();
+  const at::Tensor mean = rms || saved_is_output ? at::Tensor() : mean_in.contiguous();
+  const at::Tensor seed = options.dropout_p > 0 ? options.dropout_seed->contiguous() : at::Tensor();
+
+  const bool want_dweight = output_mask[2] && defined(weight);
+  const bool want_dbias = output_mask[3] && defined(bias);
+  auto unwanted = [&] { return at::empty({0}, saved.options()); };
+  at::Tensor dx = output_mask[0] ? at::empty(saved.sizes(), saved.options().dtype(input_dtype))
+                                 : unwanted();
+  at::Tensor dresidual = output_mask[1]
+                             ? at::empty(saved.sizes(), saved.options().dtype(residual_dtype))
+                             : unwanted();
+  at::Tensor dweight = want_dweight ? at::empty(weight->sizes(), weight->options()) : unwanted();
+  at::Tensor dbias = want_dbias ? at::empty(bias->sizes(), bias->options()) : unwanted();
+  if (shape.N == 0) return {dx, dresidual, dweight, dbias};
+  if (shape.M == 0) {
+    if (want_dweight) dweight.zero_();
+    if (want_dbias) dbias.zero_();
+    return {dx, dresidual, dweight, dbias};
+  }
+  RowNormBwdParams p{};
+  p.dy = dy.const_data_ptr();
+  p.x = saved.const_data_ptr();
+  p.mean = mean.defined() ? mean.const_data_ptr() : nullptr;
+  p.rstd = rstd.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.dx = output_mask[0] ? dx.mutable_data_ptr() : nullptr;
+  p.dweight = want_dweight ? dweight.mutable_data_ptr() : nullptr;
+  p.dbias = want_dbias ? dbias.mutable_data_ptr() : nullptr;
+  p.M = shape.M;
+  p.N = shape.N;
+  p.x_dtype = to_dtype(input_dtype);
+  p.param_dtype = param_dtype_of(input_like, weight, bias);
+  p.rms = rms;
+  p.sm_count = backend.parallelism(saved);
+  p.zero_centered = options.zero_centered_weight;
+  p.prologue = prologue_of(options, seed, residual_dtype);
+  p.from_output = saved_is_output;
+  p.bias = saved_is_output ? data_or_null(bias) : nullptr;
+  p.dsum = data_or_null(grad_sum);
+  p.dresidual = output_mask[1] ? dresidual.mutable_data_ptr() : nullptr;
+  p.y_dtype = to_dtype(grad_out.scalar_type());
+  const at::Tensor workspace = workspace_for(saved, backend.bwd_workspace_bytes(p));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
+  backend.bwd(p);
+  return {dx, dresidual, dweight, dbias};
+}
+
 }  // namespace fused_norm

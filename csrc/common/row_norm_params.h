@@ -6,6 +6,12 @@
 //   LayerNorm: y = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var_biased + eps)
 //   RMSNorm:   y = x * rstd * weight,                   rstd = 1 / sqrt(mean(x^2) + eps)
 // Statistics are accumulated in the "opmath" type: float, or double when x is double.
+//
+// The fused add + norm ops (add_layer_norm / add_rms_norm) normalize h = dropout(x) + alpha *
+// residual instead of x (RowPrologue), may write h out for the next block (the pre-norm residual
+// stream), give y in a dtype of its own, and may take the weight zero-centered ((1 + weight), as
+// Gemma's RMSNorm). h is rounded to the residual stream's dtype before its statistics are taken,
+// as the unfused composition would.
 #pragma once
 
 #include <cstddef>
@@ -14,6 +20,16 @@
 namespace fused_norm {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// What is normalized in the fused ops: h = dropout(x) + alpha * residual. `fused` false: h = x.
+struct RowPrologue {
+  bool fused = false;
+  const void* residual = nullptr;         // [M, N], dtype residual_dtype, or nullptr
+  double alpha = 1;                       // DeepNorm's scale of the residual
+  double dropout_p = 0;                   // probability of zeroing an element of x; 0: none
+  const int64_t* dropout_seed = nullptr;  // [1] on the kernel's device; read when dropout_p > 0
+  DType residual_dtype = DType::kFloat32; // of residual, h (sum_out, dsum) and dresidual
+};
 
 struct RowNormFwdParams {
   const void* x;       // [M, N], dtype x_dtype
@@ -28,6 +44,11 @@ struct RowNormFwdParams {
   DType x_dtype;
   DType param_dtype;   // ignored when weight == nullptr
   bool rms;            // true: RMSNorm (no mean subtracted, no bias)
+  bool zero_centered = false;  // the weight is applied as (1 + weight)
+  // Fused ops only (prologue.fused):
+  RowPrologue prologue;
+  void* sum_out = nullptr;  // [M, N], dtype prologue.residual_dtype: h, or nullptr (not wanted)
+  DType y_dtype = DType::kFloat32;  // of y (the plain norms: x_dtype)
 };
 
 struct RowNormBwdParams {
@@ -46,6 +67,16 @@ struct RowNormBwdParams {
   DType param_dtype;   // dtype of weight / dweight / dbias
   bool rms;
   int sm_count;        // CUDA: multiprocessors of the current device; CPU: threads to use
+  bool zero_centered = false;  // the weight is applied as (1 + weight)
+  // Fused ops only (prologue.fused). Then x is the saved h (dtype prologue.residual_dtype), or
+  // y (dtype y_dtype) when from_output; dy has y_dtype; dx is the gradient of the fused op's x
+  // (x_dtype), which the dropout mask scales.
+  RowPrologue prologue;
+  bool from_output = false;  // x holds y: xhat = (y - bias) / weight (memory-efficient mode)
+  const void* bias = nullptr;  // [N], param_dtype, or nullptr: read when from_output
+  const void* dsum = nullptr;  // [M, N], residual_dtype: the gradient of h (sum_out), or nullptr
+  void* dresidual = nullptr;   // [M, N], residual_dtype: alpha * dh, or nullptr (not wanted)
+  DType y_dtype = DType::kFloat32;  // of dy (and of x when from_output)
 };
 
 }  // namespace fused_norm

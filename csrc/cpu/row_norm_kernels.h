@@ -12,6 +12,7 @@
 #include "column_reduce.h"
 #include "kernel_utils.h"
 
+#include "../common/philox.h"
 #include "../common/row_norm_params.h"
 
 namespace fused_norm {
@@ -52,77 +53,97 @@ inline int64_t row_grain(int64_t N) {
   return std::max<int64_t>(1, kElementsPerTask / N);
 }
 
+// One row's statistics and normalized values: y = (x - mean) * rstd * w + b (RMSNorm: x * rstd
+// * w). y may be x (the fused ops normalize their staged row in place). Returns (mean, rstd).
 template <typename T, bool kRms>
-void row_norm_fwd_typed(const RowNormFwdParams& p) {
+C10_ALWAYS_INLINE std::pair<at::opmath_type<T>, at::opmath_type<T>> normalize_row(
+    const T* xr, T* yr, int64_t N, const at::opmath_type<T>* w, const at::opmath_type<T>* b,
+    double eps) {
   using C = Chunk<T>;
   using acc_t = typename C::acc_t;
   using AccVec = typename C::AccVec;
   constexpr int64_t kW = AccVec::size();
+  const int64_t N_vec = N - N % C::kSize;
+  // Sums of (x - shift) and its square: with the shift near the mean (the first element)
+  // the variance keeps its precision for data far from zero, in one pass over the row.
+  const acc_t shift = kRms ? acc_t(0) : static_cast<acc_t>(xr[0]);
+  const AccVec shift_vec(shift);
+  const auto [sum_d, sumsq_d] = row_sums<C>(
+      N,
+      [&](int64_t i, AccVec& sum, AccVec& sumsq) {
+        AccVec v[C::kParts];
+        C::load(xr + i, v);
+        for (int k = 0; k < C::kParts; ++k) {
+          const AccVec d = v[k] - shift_vec;
+          if constexpr (!kRms) sum = sum + d;
+          sumsq = at::vec::fmadd(d, d, sumsq);
+        }
+      },
+      [&](int64_t i, double& sum, double& sumsq) {
+        const acc_t d = static_cast<acc_t>(xr[i]) - shift;
+        sum += d;
+        sumsq += d * d;
+      });
+  const double shifted_mean = sum_d / N;
+  const acc_t mean = kRms ? acc_t(0) : static_cast<acc_t>(shift + shifted_mean);
+  const double var =
+      kRms ? sumsq_d / N : std::max(sumsq_d / N - shifted_mean * shifted_mean, 0.0);
+  const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
+
+  // Scalar math: y = (x - mean) * rstd * w + b
+  const AccVec mean_vec(mean), rstd_vec(rstd);
+  for (int64_t i = 0; i < N_vec; i += C::kSize) {
+    AccVec v[C::kParts];
+    C::load(xr + i, v);
+    for (int k = 0; k < C::kParts; ++k) {
+      const int64_t j = i + k * kW;
+      AccVec out = (v[k] - mean_vec) * rstd_vec;
+      if (w) out = out * AccVec::loadu(w + j);
+      if (b) out = out + AccVec::loadu(b + j);
+      v[k] = out;
+    }
+    C::store(yr + i, v);
+  }
+  for (int64_t i = N_vec; i < N; ++i) {
+    acc_t out = (static_cast<acc_t>(xr[i]) - mean) * rstd;
+    if (w) out *= w[i];
+    if (b) out += b[i];
+    yr[i] = static_cast<T>(out);
+  }
+  return {mean, rstd};
+}
+
+// The weight as the kernels apply it, in opmath: (1 + weight) when zero-centered. Empty without
+// weight.
+template <typename acc_t>
+std::vector<acc_t> applied_weight(const void* weight, DType dtype, int64_t N, bool zero_centered) {
+  if (!weight) return {};
+  std::vector<acc_t> w = params_to_acc<acc_t>(weight, dtype, N);
+  if (zero_centered) {
+    for (acc_t& v : w) v += acc_t(1);
+  }
+  return w;
+}
+
+template <typename T, bool kRms>
+void row_norm_fwd_typed(const RowNormFwdParams& p) {
+  using acc_t = at::opmath_type<T>;
   const int64_t N = p.N;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   acc_t* mean_out = static_cast<acc_t*>(p.mean);
   acc_t* rstd_out = static_cast<acc_t*>(p.rstd);
-  const std::vector<acc_t> weight =
-      p.weight ? params_to_acc<acc_t>(p.weight, p.param_dtype, N) : std::vector<acc_t>();
+  const std::vector<acc_t> weight = applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
   const std::vector<acc_t> bias =
       p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
   const acc_t* w = p.weight ? weight.data() : nullptr;
   const acc_t* b = p.bias ? bias.data() : nullptr;
-  const int64_t N_vec = N - N % C::kSize;
 
   at::parallel_for(0, p.M, row_grain(N), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
-      const T* xr = x + row * N;
-      T* yr = y + row * N;
-      // Sums of (x - shift) and its square: with the shift near the mean (the first element)
-      // the variance keeps its precision for data far from zero, in one pass over the row.
-      const acc_t shift = kRms ? acc_t(0) : static_cast<acc_t>(xr[0]);
-      const AccVec shift_vec(shift);
-      const auto [sum_d, sumsq_d] = row_sums<C>(
-          N,
-          [&](int64_t i, AccVec& sum, AccVec& sumsq) {
-            AccVec v[C::kParts];
-            C::load(xr + i, v);
-            for (int k = 0; k < C::kParts; ++k) {
-              const AccVec d = v[k] - shift_vec;
-              if constexpr (!kRms) sum = sum + d;
-              sumsq = at::vec::fmadd(d, d, sumsq);
-            }
-          },
-          [&](int64_t i, double& sum, double& sumsq) {
-            const acc_t d = static_cast<acc_t>(xr[i]) - shift;
-            sum += d;
-            sumsq += d * d;
-          });
-      const double shifted_mean = sum_d / N;
-      const acc_t mean = kRms ? acc_t(0) : static_cast<acc_t>(shift + shifted_mean);
-      const double var =
-          kRms ? sumsq_d / N : std::max(sumsq_d / N - shifted_mean * shifted_mean, 0.0);
-      const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt(var + p.eps));
+      const auto [mean, rstd] = normalize_row<T, kRms>(x + row * N, y + row * N, N, w, b, p.eps);
       if (mean_out) mean_out[row] = mean;
       rstd_out[row] = rstd;
-
-      // Scalar math: y = (x - mean) * rstd * w + b
-      const AccVec mean_vec(mean), rstd_vec(rstd);
-      for (int64_t i = 0; i < N_vec; i += C::kSize) {
-        AccVec v[C::kParts];
-        C::load(xr + i, v);
-        for (int k = 0; k < C::kParts; ++k) {
-          const int64_t j = i + k * kW;
-          AccVec out = (v[k] - mean_vec) * rstd_vec;
-          if (w) out = out * AccVec::loadu(w + j);
-          if (b) out = out + AccVec::loadu(b + j);
-          v[k] = out;
-        }
-        C::store(yr + i, v);
-      }
-      for (int64_t i = N_vec; i < N; ++i) {
-        acc_t out = (static_cast<acc_t>(xr[i]) - mean) * rstd;
-        if (w) out *= w[i];
-        if (b) out += b[i];
-        yr[i] = static_cast<T>(out);
-      }
     }
   });
 }
@@ -144,129 +165,353 @@ inline ColumnShape param_partials_shape(const RowNormBwdParams& p) {
   return {bwd_chunks(p), 2 * p.N, 1};
 }
 
+// kGroupRows rows of the backward, walked side by side. xhat = (x - mean) * xscale; dx = rstd *
+// (g - mean(g) - xhat * mean(g * xhat)) (xscale is rstd, except for a staged row that already
+// holds xhat: mean 0, xscale 1).
+template <typename T>
+struct BwdRows {
+  using acc_t = at::opmath_type<T>;
+  int rows = 0;
+  const T* x[kGroupRows];
+  const T* dy[kGroupRows];
+  T* dx[kGroupRows];  // or nullptr: not wanted
+  acc_t mean[kGroupRows], xscale[kGroupRows], rstd[kGroupRows];
+};
+
+// The backward of one group of rows: dx, and dweight += dy * xhat, dbias += dy into the chunk's
+// partial rows (nullptr: not wanted), read and written once per group, not once per row.
 template <typename T, bool kRms>
-void row_norm_bwd_typed(const RowNormBwdParams& p) {
+C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath_type<T>* w,
+                                at::opmath_type<T>* dw_part, at::opmath_type<T>* db_part) {
   using C = Chunk<T>;
   using acc_t = typename C::acc_t;
   using AccVec = typename C::AccVec;
   constexpr int64_t kW = AccVec::size();
+  const int64_t N_vec = N - N % C::kSize;
+  const int rows = g.rows;
+  acc_t g_mean[kGroupRows], gx_mean[kGroupRows];
+  // Pass 1, row by row. Scalar math: g = dy * w; g_mean = mean(g), gx_mean = mean(g * xhat).
+  for (int r = 0; r < rows; ++r) {
+    const AccVec mean_vec(g.mean[r]), xscale_vec(g.xscale[r]);
+    const auto [g_sum, gx_sum] = row_sums<C>(
+        N,
+        [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
+          AccVec xv[C::kParts], dyv[C::kParts];
+          C::load(g.x[r] + i, xv);
+          C::load(g.dy[r] + i, dyv);
+          for (int k = 0; k < C::kParts; ++k) {
+            const AccVec xhat = (xv[k] - mean_vec) * xscale_vec;
+            const AccVec gv = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
+            if constexpr (!kRms) g_sum_vec = g_sum_vec + gv;
+            gx_sum_vec = at::vec::fmadd(gv, xhat, gx_sum_vec);
+          }
+        },
+        [&](int64_t i, double& g_sum, double& gx_sum) {
+          const acc_t xhat = (static_cast<acc_t>(g.x[r][i]) - g.mean[r]) * g.xscale[r];
+          const acc_t gv = static_cast<acc_t>(g.dy[r][i]) * (w ? w[i] : acc_t(1));
+          if constexpr (!kRms) g_sum += gv;
+          gx_sum += gv * xhat;
+        });
+    g_mean[r] = static_cast<acc_t>(g_sum / N);
+    gx_mean[r] = static_cast<acc_t>(gx_sum / N);
+  }
+  // Pass 2, the rows side by side. Scalar math: dx = rstd * (g - g_mean - xhat * gx_mean);
+  // dweight += dy * xhat; dbias += dy.
+  AccVec mean_vec[kGroupRows], xscale_vec[kGroupRows], rstd_vec[kGroupRows],
+      g_mean_vec[kGroupRows], gx_mean_vec[kGroupRows];
+  for (int r = 0; r < rows; ++r) {
+    mean_vec[r] = AccVec(g.mean[r]);
+    xscale_vec[r] = AccVec(g.xscale[r]);
+    rstd_vec[r] = AccVec(g.rstd[r]);
+    g_mean_vec[r] = AccVec(g_mean[r]);
+    gx_mean_vec[r] = AccVec(gx_mean[r]);
+  }
+  for (int64_t i = 0; i < N_vec; i += C::kSize) {
+    AccVec dw_sum[C::kParts], db_sum[C::kParts];
+    for (int k = 0; k < C::kParts; ++k) dw_sum[k] = db_sum[k] = AccVec(0);
+    for (int r = 0; r < rows; ++r) {
+      AccVec xv[C::kParts], dyv[C::kParts];
+      C::load(g.x[r] + i, xv);
+      C::load(g.dy[r] + i, dyv);
+      for (int k = 0; k < C::kParts; ++k) {
+        const AccVec xhat = (xv[k] - mean_vec[r]) * xscale_vec[r];
+        const AccVec gv = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
+        dw_sum[k] = at::vec::fmadd(dyv[k], xhat, dw_sum[k]);
+        db_sum[k] = db_sum[k] + dyv[k];
+        xv[k] = rstd_vec[r] * (gv - g_mean_vec[r] - xhat * gx_mean_vec[r]);
+      }
+      if (g.dx[r]) C::store(g.dx[r] + i, xv);
+    }
+    if (dw_part) {
+      for (int k = 0; k < C::kParts; ++k) {
+        const int64_t j = i + k * kW;
+        (AccVec::loadu(dw_part + j) + dw_sum[k]).store(dw_part + j);
+        (AccVec::loadu(db_part + j) + db_sum[k]).store(db_part + j);
+      }
+    }
+  }
+  for (int64_t i = N_vec; i < N; ++i) {
+    for (int r = 0; r < rows; ++r) {
+      const acc_t xhat = (static_cast<acc_t>(g.x[r][i]) - g.mean[r]) * g.xscale[r];
+      const acc_t dyi = static_cast<acc_t>(g.dy[r][i]);
+      const acc_t gv = dyi * (w ? w[i] : acc_t(1));
+      if (dw_part) {
+        dw_part[i] += dyi * xhat;
+        db_part[i] += dyi;
+      }
+      if (g.dx[r]) {
+        g.dx[r][i] = static_cast<T>(g.rstd[r] * (gv - g_mean[r] - xhat * gx_mean[r]));
+      }
+    }
+  }
+}
+
+// The backward's frame, shared by the plain and the fused norms: rows split into bwd_chunks
+// fixed ranges, each accumulating its own dweight/dbias partial rows in the workspace, then
+// summed by the column reduction in a fixed order. `group(row, rows, dw_part, db_part)` does
+// rows [row, row + rows) (rows <= kGroupRows); the partials are nullptr when not wanted.
+template <typename acc_t, typename GroupF>
+void row_norm_bwd_frame(const RowNormBwdParams& p, GroupF&& group) {
   const int64_t M = p.M, N = p.N;
-  const T* x = static_cast<const T*>(p.x);
-  const T* dy = static_cast<const T*>(p.dy);
-  T* dx = static_cast<T*>(p.dx);
-  const acc_t* mean_in = static_cast<const acc_t*>(p.mean);
-  const acc_t* rstd_in = static_cast<const acc_t*>(p.rstd);
-  const std::vector<acc_t> weight =
-      p.weight ? params_to_acc<acc_t>(p.weight, p.param_dtype, N) : std::vector<acc_t>();
-  const acc_t* w = p.weight ? weight.data() : nullptr;
   const bool want_param_grads = p.dweight || p.dbias;
   const int64_t chunks = bwd_chunks(p);
   // Workspace layout: [chunks][2][N]: dweight partials, then dbias partials.
   acc_t* partials = static_cast<acc_t*>(p.workspace);
-  const int64_t N_vec = N - N % C::kSize;
-
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* dw_part = want_param_grads ? partials + chunk * 2 * N : nullptr;
       acc_t* db_part = want_param_grads ? dw_part + N : nullptr;
       if (want_param_grads) std::fill(dw_part, dw_part + 2 * N, acc_t(0));
       const int64_t row_begin = M * chunk / chunks, row_end = M * (chunk + 1) / chunks;
-      for (int64_t group = row_begin; group < row_end; group += kGroupRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kGroupRows, row_end - group));
-        const T* xr[kGroupRows];
-        const T* dyr[kGroupRows];
-        acc_t mean[kGroupRows], rstd[kGroupRows], g_mean[kGroupRows], gx_mean[kGroupRows];
-        // Pass 1, row by row. Scalar math: g = dy * w, xhat = (x - mean) * rstd;
-        // g_mean = mean(g), gx_mean = mean(g * xhat).
-        for (int r = 0; r < rows; ++r) {
-          const int64_t row = group + r;
-          xr[r] = x + row * N;
-          dyr[r] = dy + row * N;
-          mean[r] = kRms ? acc_t(0) : mean_in[row];
-          rstd[r] = rstd_in[row];
-          const AccVec mean_vec(mean[r]), rstd_vec(rstd[r]);
-          const auto [g_sum, gx_sum] = row_sums<C>(
-              N,
-              [&](int64_t i, AccVec& g_sum_vec, AccVec& gx_sum_vec) {
-                AccVec xv[C::kParts], dyv[C::kParts];
-                C::load(xr[r] + i, xv);
-                C::load(dyr[r] + i, dyv);
-                for (int k = 0; k < C::kParts; ++k) {
-                  const AccVec xhat = (xv[k] - mean_vec) * rstd_vec;
-                  const AccVec g = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
-                  if constexpr (!kRms) g_sum_vec = g_sum_vec + g;
-                  gx_sum_vec = at::vec::fmadd(g, xhat, gx_sum_vec);
-                }
-              },
-              [&](int64_t i, double& g_sum, double& gx_sum) {
-                const acc_t xhat = (static_cast<acc_t>(xr[r][i]) - mean[r]) * rstd[r];
-                const acc_t g = static_cast<acc_t>(dyr[r][i]) * (w ? w[i] : acc_t(1));
-                if constexpr (!kRms) g_sum += g;
-                gx_sum += g * xhat;
-              });
-          g_mean[r] = static_cast<acc_t>(g_sum / N);
-          gx_mean[r] = static_cast<acc_t>(gx_sum / N);
-        }
-        // Pass 2, the group's rows side by side. Scalar math:
-        // dx = rstd * (g - g_mean - xhat * gx_mean); dweight += dy * xhat; dbias += dy,
-        // with the dweight/dbias partials read and written once per group, not once per row.
-        AccVec mean_vec[kGroupRows], rstd_vec[kGroupRows], g_mean_vec[kGroupRows],
-            gx_mean_vec[kGroupRows];
-        for (int r = 0; r < rows; ++r) {
-          mean_vec[r] = AccVec(mean[r]);
-          rstd_vec[r] = AccVec(rstd[r]);
-          g_mean_vec[r] = AccVec(g_mean[r]);
-          gx_mean_vec[r] = AccVec(gx_mean[r]);
-        }
-        for (int64_t i = 0; i < N_vec; i += C::kSize) {
-          AccVec dw_sum[C::kParts], db_sum[C::kParts];
-          for (int k = 0; k < C::kParts; ++k) dw_sum[k] = db_sum[k] = AccVec(0);
-          for (int r = 0; r < rows; ++r) {
-            AccVec xv[C::kParts], dyv[C::kParts];
-            C::load(xr[r] + i, xv);
-            C::load(dyr[r] + i, dyv);
-            for (int k = 0; k < C::kParts; ++k) {
-              const AccVec xhat = (xv[k] - mean_vec[r]) * rstd_vec[r];
-              const AccVec g = w ? dyv[k] * AccVec::loadu(w + i + k * kW) : dyv[k];
-              dw_sum[k] = at::vec::fmadd(dyv[k], xhat, dw_sum[k]);
-              db_sum[k] = db_sum[k] + dyv[k];
-              xv[k] = rstd_vec[r] * (g - g_mean_vec[r] - xhat * gx_mean_vec[r]);
-            }
-            if (dx) C::store(dx + (group + r) * N + i, xv);
-          }
-          if (want_param_grads) {
-            for (int k = 0; k < C::kParts; ++k) {
-              const int64_t j = i + k * kW;
-              (AccVec::loadu(dw_part + j) + dw_sum[k]).store(dw_part + j);
-              (AccVec::loadu(db_part + j) + db_sum[k]).store(db_part + j);
-            }
-          }
-        }
-        for (int64_t i = N_vec; i < N; ++i) {
-          for (int r = 0; r < rows; ++r) {
-            const acc_t xhat = (static_cast<acc_t>(xr[r][i]) - mean[r]) * rstd[r];
-            const acc_t dyi = static_cast<acc_t>(dyr[r][i]);
-            const acc_t g = dyi * (w ? w[i] : acc_t(1));
-            if (want_param_grads) {
-              dw_part[i] += dyi * xhat;
-              db_part[i] += dyi;
-            }
-            if (dx) {
-              dx[(group + r) * N + i] =
-                  static_cast<T>(rstd[r] * (g - g_mean[r] - xhat * gx_mean[r]));
-            }
-          }
-        }
+      for (int64_t row = row_begin; row < row_end; row += kGroupRows) {
+        group(row, static_cast<int>(std::min<int64_t>(kGroupRows, row_end - row)), dw_part,
+              db_part);
       }
     }
   });
-
   if (!want_param_grads) return;
   // The partials as a [chunks, 2N] column problem: one channel per dweight/dbias entry.
   std::vector<acc_t> totals(2 * N);
   column_totals(partials, chunks, 2 * N, p.sm_count, partials + chunks * 2 * N, totals.data());
   if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
   if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
+}
+
+template <typename T, bool kRms>
+void row_norm_bwd_typed(const RowNormBwdParams& p) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t N = p.N;
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+  const acc_t* mean = static_cast<const acc_t*>(p.mean);
+  const acc_t* rstd = static_cast<const acc_t*>(p.rstd);
+  const std::vector<acc_t> weight =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
+  const acc_t* w = p.weight ? weight.data() : nullptr;
+  row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
+    BwdRows<T> g;
+    g.rows = rows;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t row = row0 + r;
+      g.x[r] = x + row * N;
+      g.dy[r] = dy + row * N;
+      g.dx[r] = dx ? dx + row * N : nullptr;
+      g.mean[r] = kRms ? acc_t(0) : mean[row];
+      g.xscale[r] = g.rstd[r] = rstd[row];
+    }
+    bwd_rows<T, kRms>(g, N, w, dw_part, db_part);
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// The fused add + norm ops. Their tensors come in several dtypes (x, the residual stream, y), so
+// each row is staged in opmath buffers (L1/L2-resident) by the typed row converters below, and
+// the plain norms' row code runs on the buffers.
+
+// dst[0, N) = src[offset, offset + N) in opmath.
+template <typename acc_t>
+void load_row(const void* src, DType dtype, int64_t offset, int64_t N, acc_t* dst) {
+  dispatch_x_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<at::opmath_type<T>, acc_t> || std::is_same_v<T, acc_t>) {
+      using C = Chunk<T>;
+      const T* s = static_cast<const T*>(src) + offset;
+      for_each_chunk<C>(N, [&](int64_t i, auto count) {
+        typename C::AccVec v[C::kParts];
+        C::load(s + i, v, count);
+        for (int k = 0; k < C::kParts; ++k) {
+          const int64_t j = i + k * C::AccVec::size();
+          if (j < N) v[k].store(dst + j, std::min<int64_t>(C::AccVec::size(), N - j));
+        }
+      });
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "fused row norm: float64 mixed with other dtypes");
+    }
+  });
+}
+
+// dst[offset, offset + N) = src[0, N), converted to dtype.
+template <typename acc_t>
+void store_row(const acc_t* src, DType dtype, int64_t offset, int64_t N, void* dst) {
+  dispatch_x_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<at::opmath_type<T>, acc_t> || std::is_same_v<T, acc_t>) {
+      using C = Chunk<T>;
+      T* d = static_cast<T*>(dst) + offset;
+      for_each_chunk<C>(N, [&](int64_t i, auto count) {
+        typename C::AccVec v[C::kParts];
+        for (int k = 0; k < C::kParts; ++k) {
+          const int64_t j = i + k * C::AccVec::size();
+          v[k] = j < N ? C::AccVec::loadu(src + j, std::min<int64_t>(C::AccVec::size(), N - j))
+                       : typename C::AccVec(0);
+        }
+        C::store(d + i, v, count);
+      });
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "fused row norm: float64 mixed with other dtypes");
+    }
+  });
+}
+
+// row[0, N) rounded to dtype (and back), as storing it in that dtype would round it.
+template <typename acc_t>
+void round_row(acc_t* row, DType dtype, int64_t N) {
+  if (dtype == DType::kFloat32 || dtype == DType::kFloat64) return;
+  dispatch_x_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_floating_point_v<T>) {
+      for (int64_t i = 0; i < N; ++i) row[i] = static_cast<acc_t>(static_cast<T>(row[i]));
+    }
+  });
+}
+
+// row[i] *= the dropout multiplier of element first + i (0 or 1 / (1 - p)).
+template <typename acc_t>
+void apply_dropout_row(acc_t* row, const DropoutMask& mask, int64_t first, int64_t N) {
+  const acc_t scale = static_cast<acc_t>(mask.keep_scale);
+  int64_t i = 0;
+  // Elements before the next multiple of 4 share a counter with the previous row's last ones.
+  for (; i < N && ((first + i) & 3) != 0; ++i) row[i] *= mask.multiplier<acc_t>(first + i);
+  for (; i + 4 <= N; i += 4) {
+    const Philox4 r = philox4x32_10(mask.seed, static_cast<uint64_t>(first + i) >> 2);
+    for (int k = 0; k < 4; ++k) row[i + k] *= mask.keeps(r.v[k]) ? scale : acc_t(0);
+  }
+  for (; i < N; ++i) row[i] *= mask.multiplier<acc_t>(first + i);
+}
+
+inline DropoutMask dropout_mask_of(const RowPrologue& pro) {
+  const uint64_t seed = pro.dropout_p > 0 ? static_cast<uint64_t>(*pro.dropout_seed) : 0;
+  return DropoutMask::make(seed, pro.dropout_p);
+}
+
+// h = dropout(x) + alpha * residual for row `row`, rounded to the residual stream's dtype.
+template <typename acc_t>
+void stage_sum_row(const RowPrologue& pro, const void* x, DType x_dtype, const DropoutMask& mask,
+                   int64_t row, int64_t N, acc_t* h, acc_t* scratch) {
+  const int64_t offset = row * N;
+  load_row(x, x_dtype, offset, N, h);
+  if (pro.dropout_p > 0) apply_dropout_row(h, mask, offset, N);
+  if (pro.residual) {
+    load_row(pro.residual, pro.residual_dtype, offset, N, scratch);
+    const acc_t alpha = static_cast<acc_t>(pro.alpha);
+    for (int64_t i = 0; i < N; ++i) h[i] += alpha * scratch[i];
+  }
+  round_row(h, pro.residual_dtype, N);
+}
+
+template <typename acc_t, bool kRms>
+void fused_row_norm_fwd_typed(const RowNormFwdParams& p) {
+  const int64_t N = p.N;
+  acc_t* mean_out = static_cast<acc_t*>(p.mean);
+  acc_t* rstd_out = static_cast<acc_t*>(p.rstd);
+  const std::vector<acc_t> weight =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
+  const std::vector<acc_t> bias =
+      p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
+  const acc_t* w = p.weight ? weight.data() : nullptr;
+  const acc_t* b = p.bias ? bias.data() : nullptr;
+  const DropoutMask mask = dropout_mask_of(p.prologue);
+  at::parallel_for(0, p.M, row_grain(N), [&](int64_t row_begin, int64_t row_end) {
+    std::vector<acc_t> buffers(2 * N);
+    acc_t* h = buffers.data();
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      stage_sum_row(p.prologue, p.x, p.x_dtype, mask, row, N, h, h + N);
+      if (p.sum_out) store_row(h, p.prologue.residual_dtype, row * N, N, p.sum_out);
+      const auto [mean, rstd] = normalize_row<acc_t, kRms>(h, h, N, w, b, p.eps);
+      store_row(h, p.y_dtype, row * N, N, p.y);
+      if (mean_out) mean_out[row] = mean;
+      rstd_out[row] = rstd;
+    }
+  });
+}
+
+// The fused backward: dh = norm_bwd(dy) + dsum; dx = dh * dropout multiplier; dresidual =
+// alpha * dh. In the memory-efficient mode the saved row is y and is staged as xhat.
+template <typename acc_t, bool kRms>
+void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
+  const int64_t N = p.N;
+  const acc_t* mean = static_cast<const acc_t*>(p.mean);
+  const acc_t* rstd = static_cast<const acc_t*>(p.rstd);
+  const std::vector<acc_t> weight =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
+  const acc_t* w = p.weight ? weight.data() : nullptr;
+  const std::vector<acc_t> bias =
+      p.from_output && p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N)
+                              : std::vector<acc_t>();
+  const DType saved_dtype = p.from_output ? p.y_dtype : p.prologue.residual_dtype;
+  const DropoutMask mask = dropout_mask_of(p.prologue);
+  const acc_t alpha = static_cast<acc_t>(p.prologue.alpha);
+  const bool want_dh = p.dx || p.dresidual;
+  row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
+    // x, dy and dh of each row, then one scratch row.
+    thread_local std::vector<acc_t> buffers;
+    buffers.resize((3 * kGroupRows + 1) * N);
+    acc_t* scratch = buffers.data() + 3 * kGroupRows * N;
+    BwdRows<acc_t> g;
+    g.rows = rows;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t row = row0 + r;
+      acc_t* xr = buffers.data() + (3 * r) * N;
+      acc_t* dyr = xr + N;
+      load_row(p.x, saved_dtype, row * N, N, xr);
+      load_row(p.dy, p.y_dtype, row * N, N, dyr);
+      g.x[r] = xr;
+      g.dy[r] = dyr;
+      g.dx[r] = want_dh ? dyr + N : nullptr;
+      g.rstd[r] = rstd[row];
+      if (p.from_output) {
+        // xhat = (y - b) / w, staged in place.
+        for (int64_t i = 0; i < N; ++i) {
+          const acc_t shifted = bias.empty() ? xr[i] : xr[i] - bias[i];
+          xr[i] = w ? shifted / w[i] : shifted;
+        }
+        g.mean[r] = acc_t(0);
+        g.xscale[r] = acc_t(1);
+      } else {
+        g.mean[r] = kRms ? acc_t(0) : mean[row];
+        g.xscale[r] = rstd[row];
+      }
+    }
+    bwd_rows<acc_t, kRms>(g, N, w, dw_part, db_part);
+    if (!want_dh) return;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t offset = (row0 + r) * N;
+      acc_t* dh = g.dx[r];
+      if (p.dsum) {
+        load_row(p.dsum, p.prologue.residual_dtype, offset, N, scratch);
+        for (int64_t i = 0; i < N; ++i) dh[i] += scratch[i];
+      }
+      if (p.dresidual) {
+        for (int64_t i = 0; i < N; ++i) scratch[i] = alpha * dh[i];
+        store_row(scratch, p.prologue.residual_dtype, offset, N, p.dresidual);
+      }
+      if (p.dx) {
+        if (p.prologue.dropout_p > 0) apply_dropout_row(dh, mask, offset, N);
+        store_row(dh, p.x_dtype, offset, N, p.dx);
+      }
+    }
+  });
 }
 
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
@@ -282,6 +527,13 @@ size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
 }
 
 void row_norm_fwd(const RowNormFwdParams& p) {
+  if (p.prologue.fused) {
+    auto run = [&](auto acc_tag) {
+      using acc_t = decltype(acc_tag);
+      p.rms ? fused_row_norm_fwd_typed<acc_t, true>(p) : fused_row_norm_fwd_typed<acc_t, false>(p);
+    };
+    return p.x_dtype == DType::kFloat64 ? run(double{}) : run(float{});
+  }
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
     using T = decltype(tag);
     p.rms ? row_norm_fwd_typed<T, true>(p) : row_norm_fwd_typed<T, false>(p);
@@ -289,6 +541,13 @@ void row_norm_fwd(const RowNormFwdParams& p) {
 }
 
 void row_norm_bwd(const RowNormBwdParams& p) {
+  if (p.prologue.fused) {
+    auto run = [&](auto acc_tag) {
+      using acc_t = decltype(acc_tag);
+      p.rms ? fused_row_norm_bwd_typed<acc_t, true>(p) : fused_row_norm_bwd_typed<acc_t, false>(p);
+    };
+    return p.x_dtype == DType::kFloat64 ? run(double{}) : run(float{});
+  }
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
     using T = decltype(tag);
     p.rms ? row_norm_bwd_typed<T, true>(p) : row_norm_bwd_typed<T, false>(p);

@@ -738,6 +738,7 @@ cudaError_t launch(void (*kernel)(KArgs...), const RowLaunch& L, cudaStream_t st
 // ================================================================================================
 
 cudaError_t row_norm_fwd(const RowNormFwdParams& p, cudaStream_t stream) {
+  if (p.prologue.fused) return fused_row_norm_fwd(p, stream);
   if (p.M < 0 || p.N < 0) return cudaErrorInvalidValue;
   if (p.M == 0) return cudaSuccess;
   const bool has_params = p.weight != nullptr || p.bias != nullptr;
@@ -802,6 +803,7 @@ RowLaunch bwd_config_for(const RowNormBwdParams& p, bool vec_ok, bool clusters_o
 }  // namespace
 
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
+  if (p.prologue.fused) return fused_row_norm_bwd_workspace_bytes(p);
   if (p.M <= 0 || p.N <= 0) return 0;
   // Independent of the pointers' alignment (either path fits), so callers may ask before
   // allocating the outputs.
@@ -813,6 +815,7 @@ size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
 }
 
 cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
+  if (p.prologue.fused) return fused_row_norm_bwd(p, stream);
   if (p.M < 0 || p.N < 0) return cudaErrorInvalidValue;
   if (p.N == 0) return cudaSuccess;
   const bool has_params = p.weight != nullptr || p.dweight != nullptr || p.dbias != nullptr;

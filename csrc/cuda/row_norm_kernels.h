@@ -28,5 +28,12 @@ size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
 cudaError_t row_norm_fwd(const RowNormFwdParams& p, cudaStream_t stream);
 cudaError_t row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream);
 
+// The fused add + norm ops (p.prologue.fused; row_norm_fused.cu), which the entry points above
+// hand such params to. Rows of up to kFusedRowMaxN elements (a row is held in registers).
+constexpr int64_t kFusedRowMaxN = 8192;
+size_t fused_row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
+cudaError_t fused_row_norm_fwd(const RowNormFwdParams& p, cudaStream_t stream);
+cudaError_t fused_row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fused_norm

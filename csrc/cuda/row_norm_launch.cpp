@@ -12,12 +12,22 @@ namespace fused_norm {
 namespace cuda {
 namespace {
 
+// The fused kernels hold a row in registers (row_norm_fused.cu).
+void check_fused_row_length(const RowPrologue& prologue, int64_t N) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !prologue.fused || N <= kFusedRowMaxN,
+      "add_layer_norm / add_rms_norm on CUDA take rows of up to ", kFusedRowMaxN,
+      " elements (the product of normalized_shape), but got ", N);
+}
+
 const RowNormBackend& cuda_backend() {
   static const RowNormBackend backend = {
       [](const RowNormFwdParams& p) {
+        check_fused_row_length(p.prologue, p.N);
         C10_CUDA_CHECK(row_norm_fwd(p, at::cuda::getCurrentCUDAStream()));
       },
       [](const RowNormBwdParams& p) {
+        check_fused_row_length(p.prologue, p.N);
         C10_CUDA_CHECK(row_norm_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
       row_norm_bwd_workspace_bytes,
