@@ -19,11 +19,18 @@ GENCODE="-gencode arch=compute_${ARCH},code=sm_${ARCH}"
 
 CHECKS=${CHECKS:-row column group}
 
-build() {  # build <kernel source.cu> <binary> [check source.cu]
-  local obj="$2.o"
+# The fused add + norm kernels (row_norm_fused.cu), which row_norm.cu's entry points call.
+ROW_EXTRA=csrc/cuda/row_norm_fused.cu
+
+build() {  # build <kernel source.cu> <binary> [check source.cu] [second kernel source.cu]
+  local objs=("$2.o")
   local check="${3:-tests/cuda_standalone/row_norm_check.cu}"
-  "$NVCC" -O3 -std=c++17 --expt-relaxed-constexpr $GENCODE -Icsrc/cuda -Xptxas -v -c "$1" -o "$obj" 2> "$2.ptxas.txt"
-  "$NVCC" -O3 -std=c++17 $GENCODE -Xcompiler -fopenmp "$check" "$obj" -o "$2" -lgomp
+  "$NVCC" -O3 -std=c++17 --expt-relaxed-constexpr $GENCODE -Icsrc/cuda -Xptxas -v -c "$1" -o "$2.o" 2> "$2.ptxas.txt"
+  if [[ -n "${4:-}" ]]; then
+    "$NVCC" -O3 -std=c++17 --expt-relaxed-constexpr $GENCODE -Icsrc/cuda -Xptxas -v -c "$4" -o "$2.2.o" 2>> "$2.ptxas.txt"
+    objs+=("$2.2.o")
+  fi
+  "$NVCC" -O3 -std=c++17 $GENCODE -Xcompiler -fopenmp "$check" "${objs[@]}" -o "$2" -lgomp
 }
 
 spills() {  # spills <ptxas log>: kernels with a stack frame or spills
@@ -33,7 +40,7 @@ spills() {  # spills <ptxas log>: kernels with a stack frame or spills
 {
   echo "== $("$NVCC" --version | tail -1)"
   pids=()
-  [[ " $CHECKS " == *" row "* ]] && { build csrc/cuda/row_norm.cu "$BUILD/row_norm_check" & pids+=($!); }
+  [[ " $CHECKS " == *" row "* ]] && { build csrc/cuda/row_norm.cu "$BUILD/row_norm_check" "" "$ROW_EXTRA" & pids+=($!); }
   [[ " $CHECKS " == *" column "* ]] && { build csrc/cuda/column_norm.cu "$BUILD/column_norm_check" tests/cuda_standalone/column_norm_check.cu & pids+=($!); }
   [[ " $CHECKS " == *" group "* ]] && { build csrc/cuda/group_norm.cu "$BUILD/group_norm_check" tests/cuda_standalone/group_norm_check.cu & pids+=($!); }
   names=()
@@ -42,7 +49,7 @@ spills() {  # spills <ptxas log>: kernels with a stack frame or spills
       [[ -z "$name" || "$name" == \#* ]] && continue
       sed -e "$expr" csrc/cuda/row_norm.cu > "$BUILD/row_norm_$name.cu"
       if cmp -s csrc/cuda/row_norm.cu "$BUILD/row_norm_$name.cu"; then echo "variant $name: sed changed nothing"; continue; fi
-      build "$BUILD/row_norm_$name.cu" "$BUILD/check_$name" & pids+=($!)
+      build "$BUILD/row_norm_$name.cu" "$BUILD/check_$name" "" "$ROW_EXTRA" & pids+=($!)
       names+=("$name")
     done < "$VARIANTS"
   fi
