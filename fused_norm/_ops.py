@@ -592,9 +592,10 @@ torch.library.register_autograd(
 
 
 # ---------------------------------------------------------------------------------------------
-# Fused add + norm: h = dropout(input) + alpha * residual, y = norm(h). Fakes, then autograd in
-# Python: the forward saves h (or y in the memory-efficient mode, or the input itself when h is
-# the input) and calls add_norm_bwd, whose own backward differentiates the reference formula.
+# Fused add + norm: h = dropout(input) + alpha * residual, y = norm(h). Fakes, and the double
+# backward: the forward op's autograd is C++ (csrc/common/add_norm_autograd.cpp: it saves h, or y
+# in the memory-efficient mode, or the input itself when h is the input, and calls add_norm_bwd);
+# add_norm_bwd's own backward differentiates the reference formula.
 
 
 def _add_norm_dtypes(input, residual, residual_dtype, out_dtype):
@@ -630,46 +631,6 @@ def _add_norm_bwd_fake(grad_out, grad_sum, saved, normalized_shape, mean, rstd, 
         _param_grad_fake(output_mask[2], weight, saved),
         _param_grad_fake(output_mask[3], bias, saved),
     )
-
-
-def _add_norm_fwd_setup(ctx, inputs, output):
-    (input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p, dropout_seed,
-     residual_dtype, out_dtype, zero_centered_weight, write_sum, memory_efficient) = inputs
-    y, h, mean, rstd = output
-    ctx.set_materialize_grads(False)
-    ctx.normalized_shape = normalized_shape
-    ctx.options = (rms, alpha, dropout_p)
-    ctx.zero_centered_weight = zero_centered_weight
-    ctx.input_dtype, ctx.out_dtype = input.dtype, y.dtype
-    ctx.residual_dtype = h.dtype
-    ctx.residual_grad_dtype = residual.dtype if residual is not None else None
-    ctx.sum_written = write_sum
-    h_is_input = residual is None and dropout_p == 0 and h.dtype == input.dtype
-    # Without h (not written, and not the input itself) the backward works from y, as in the
-    # memory-efficient mode.
-    ctx.saved_is_output = memory_efficient or not (write_sum or h_is_input)
-    saved = y if ctx.saved_is_output else (h if write_sum else input)
-    ctx.save_for_backward(saved, mean, rstd, weight, bias, dropout_seed)
-
-
-def _add_norm_fwd_backward(ctx, grad_y, grad_sum, grad_mean, grad_rstd):
-    saved, mean, rstd, weight, bias, seed = ctx.saved_tensors
-    rms, alpha, dropout_p = ctx.options
-    if grad_y is None:
-        grad_y = saved.new_zeros(saved.shape, dtype=ctx.out_dtype)
-    if not ctx.sum_written:
-        grad_sum = None
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.residual_grad_dtype is not None,
-            ctx.needs_input_grad[3] and weight is not None,
-            ctx.needs_input_grad[4] and bias is not None]
-    d_input, d_residual, d_weight, d_bias = ops.add_norm_bwd(
-        grad_y, grad_sum, saved, ctx.normalized_shape, mean, rstd, weight, bias, rms, alpha,
-        dropout_p, seed, ctx.zero_centered_weight, ctx.saved_is_output, ctx.input_dtype,
-        ctx.residual_dtype, mask)
-    if mask[1] and d_residual.dtype != ctx.residual_grad_dtype:
-        d_residual = d_residual.to(ctx.residual_grad_dtype)
-    return (d_input if mask[0] else None, d_residual if mask[1] else None, None,
-            d_weight if mask[2] else None, d_bias if mask[3] else None) + (None,) * 10
 
 
 def _add_norm_bwd_setup(ctx, inputs, output):
@@ -732,9 +693,6 @@ def _add_norm_bwd_backward(ctx, g_d_input, g_d_residual, g_d_weight, g_d_bias):
     return (g_dy, g_gs, g_h, None, None, None, g_w) + (None,) * 10
 
 
-torch.library.register_autograd(
-    "fused_norm::add_norm_fwd", _add_norm_fwd_backward, setup_context=_add_norm_fwd_setup
-)
 torch.library.register_autograd(
     "fused_norm::add_norm_bwd", _add_norm_bwd_backward, setup_context=_add_norm_bwd_setup
 )
