@@ -719,7 +719,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS), metavar="OP",
+                        help="default: all of " + " ".join(OPS))
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="default: bfloat16 on CUDA; float32 and bfloat16 on CPU")
     parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN",
