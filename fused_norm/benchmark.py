@@ -430,7 +430,7 @@ class Progress:
         self.stream.write("\r\x1b[K" + line[:width])
         self.stream.flush()
 
-    def print(self, text):
+    def line(self, text):
         """A line on stdout that does not land in the middle of the bar."""
         if self.tty:
             self.stream.write("\r\x1b[K")
@@ -494,7 +494,7 @@ def run(device, op_names, dtypes, shapes, reps, compile_peer, liger=None, verbos
                     row[f"speedup_vs_{name}"] = times[name] / times["fused_norm"]
             rows.append(row)
             if verbose:
-                progress.print(row_line(row, impls))
+                progress.line(row_line(row, impls))
         del inputs, dy, copy_dst, pairs, impls
         progress.finish()
     progress.close()
@@ -707,7 +707,7 @@ def plot_panel(ax, rows):
             ax.plot(*zip(*points), style, marker="o", color=PLOT_STYLE.get(name), label=label)
     copy = statistics.median(row["copy_GBps"] for row in rows)
     ax.axhline(copy, color="grey", linestyle="--", linewidth=1,
-               label=f"device copy ({copy:.0f} GB/s)")
+               label=f"device copy ({bandwidth(copy)} GB/s)")
     ax.set_xticks(range(len(shapes)), shapes, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("GB/s")
     ax.set_ylim(bottom=0)
