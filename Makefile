@@ -4,6 +4,10 @@ PYTHON ?= python3
 # a machine without a GPU (they run where one is present). TORCH=torch==2.13.0 gives a CPU build.
 TORCH ?= torch==2.14.1
 TEST_DEPS = numpy pytest
+# Only for the benchmark's plot (without it the benchmark runs and says it skipped the plot).
+BENCH_DEPS = matplotlib
+# The table goes to the terminal; rows and metadata to build/bench.json, the plot next to it.
+BENCH_ARGS ?= --json build/bench.json
 
 .PHONY: deps build test bench cmake
 
@@ -17,7 +21,8 @@ test: build
 	$(PYTHON) -m pytest tests -q
 
 bench: build
-	$(PYTHON) -m fused_norm.benchmark
+	$(PYTHON) -m pip install -q $(BENCH_DEPS)
+	$(PYTHON) -m fused_norm.benchmark $(BENCH_ARGS)
 
 # The same sources as a LibTorch library (CMakeLists.txt), for C++ users, and its smoke test.
 cmake: deps
