@@ -371,6 +371,21 @@ def _opcheck_samples(device):
             yield ops.batch_norm_bwd_reduce, (dy, x, mean, None, False)
             yield ops.batch_norm_bwd_elemt, (dy, x, mean, var, w, y, sum_dy, sum_dy_xmu, 1e-5, 30)
             yield ops.batch_norm_bwd_elemt, (dy, x, mean, var, w, None, None, None, 1e-5, 1)
+            rm, rv = make_running(4, w.dtype, device)
+            xg = x.clone().requires_grad_()
+            wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+            r = torch.randn_like(x).requires_grad_()
+            yield ops.batch_norm_fwd, (xg, wg, bg, r, rm, rv, True, 0.1, 1e-5, True)
+            yield ops.batch_norm_fwd, (xg, None, bg, None, None, None, True, 0.1, 1e-5, False)
+            yield ops.batch_norm_fwd, (xg, wg, None, None, rm, rv, False, 0.1, 1e-5, True)
+            for training in (True, False):
+                stats = (mean, var) if training else (rm, rv)
+                yield ops.batch_norm_bwd, (dy, x, *stats, w, b, y, 1e-5, training,
+                                           [True, True, True, True])
+                yield ops.batch_norm_bwd, (dy, x, *stats, None, b, None, 1e-3, training,
+                                           [True, False, True, False])
+                yield ops.batch_norm_bwd, (dy, x, *stats, w, None, y, 1e-5, training,
+                                           [False, True, False, True])
 
 
 def test_opcheck(device):
@@ -479,6 +494,15 @@ def test_bad_input_matches_torch(device, case):
     if device == "cpu":
         _raises(exc, match, lambda: call(F.batch_norm))  # the wording is torch's
     _raises(exc, match, lambda: call(fused_norm.batch_norm))
+
+
+def test_failed_call_leaves_running_stats(device):
+    """Every check comes before the running statistics are updated."""
+    x = torch.randn(4, 3, 5, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    with pytest.raises(RuntimeError, match="weight should contain 3 elements not 4"):
+        fused_norm.batch_norm(x, rm, rv, torch.ones(4, device=device), training=True)
+    assert torch.equal(rm, torch.zeros_like(rm)) and torch.equal(rv, torch.ones_like(rv))
 
 
 @requires_cuda
