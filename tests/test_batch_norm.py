@@ -496,6 +496,24 @@ def test_bad_input_matches_torch(device, case):
     _raises(exc, match, lambda: call(fused_norm.batch_norm))
 
 
+@pytest.mark.parametrize("op", ["batch_norm_bwd", "batch_norm_bwd_reduce", "batch_norm_bwd_elemt"])
+def test_bad_grad_out(device, op):
+    x = torch.randn(4, 3, 5, device=device)
+    mean, var = torch.ops.fused_norm.batch_norm_stats(x)
+    call = {
+        "batch_norm_bwd": lambda dy: torch.ops.fused_norm.batch_norm_bwd(
+            dy, x, mean, var, None, None, None, 1e-5, True, [True, False, False, False]),
+        "batch_norm_bwd_reduce": lambda dy: torch.ops.fused_norm.batch_norm_bwd_reduce(
+            dy, x, mean, None, False),
+        "batch_norm_bwd_elemt": lambda dy: torch.ops.fused_norm.batch_norm_bwd_elemt(
+            dy, x, mean, var, None, None, None, None, 1e-5, 1),
+    }[op]
+    _raises(RuntimeError, r"batch_norm: expected grad_out of shape \[4, 3, 5\], but got \[4, 3\]",
+            lambda: call(torch.randn(4, 3, device=device)))
+    _raises(RuntimeError, "batch_norm: expected grad_out of dtype Float, but got Double",
+            lambda: call(torch.randn(4, 3, 5, device=device, dtype=torch.float64)))
+
+
 def test_failed_call_leaves_running_stats(device):
     """Every check comes before the running statistics are updated."""
     x = torch.randn(4, 3, 5, device=device)

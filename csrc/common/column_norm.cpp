@@ -68,7 +68,7 @@ void check_per_channel(const char* name, const at::Tensor& t, const at::Tensor& 
   check_mixed_dtype(t, input);
 }
 
-// Tensors of the input's shape that come with it (grad_out, relu_output, residual).
+// Tensors of the input's shape that come with it (relu_output, residual).
 void check_like_input(const char* name, const at::Tensor& t, const at::Tensor& input) {
   TORCH_CHECK(t.sizes().equals(input.sizes()),
               message("batch_norm: expected ", name, " of size ", input.sizes(),
@@ -223,7 +223,7 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
                               const std::optional<at::Tensor>& relu_output,
                               bool want_grad_residual) {
   check_input(input);
-  check_like_input("grad_out", grad_out, input);
+  check_grad_out("batch_norm", grad_out, input.sizes(), input);
   check_per_channel("mean", mean_in, input);
   if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
   c10::DeviceGuard device_guard(input.device());
@@ -270,7 +270,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
                                 const std::optional<at::Tensor>& sum_dy_xmu_in, double eps,
                                 int64_t count) {
   check_input(input);
-  check_like_input("grad_out", grad_out, input);
+  check_grad_out("batch_norm", grad_out, input.sizes(), input);
   check_per_channel("mean", mean_in, input);
   check_per_channel("var", var_in, input);
   check_params(input, weight_in, std::nullopt);
