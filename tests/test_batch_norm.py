@@ -446,6 +446,12 @@ def test_zero_size(device):
         assert x.grad.shape == x.shape
     bn = fused_norm.BatchNorm2d(3).to(device)
     assert bn(torch.randn(0, 3, 2, 2, device=device)).shape == (0, 3, 2, 2)
+    # An empty batch's parameter gradients are torch's zeros (its statistics are NaN).
+    ref = torch.nn.BatchNorm2d(3).to(device)
+    for module in (bn, ref):
+        module(torch.randn(0, 3, 2, 2, device=device, requires_grad=True)).sum().backward()
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(bn.bias.grad, ref.bias.grad)
 
 
 def _raises(exc, match, fn):

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
 namespace fused_norm {
@@ -364,7 +365,10 @@ Tensor4 batch_norm_bwd(const ColumnNormBackend& backend, const at::Tensor& grad_
     auto [sums_dy, sums_dy_xmu, masked] =
         batch_norm_bwd_reduce(backend, grad_out, input, mean, relu_output, need_residual);
     if (need_residual) grad_residual = masked;
-    if (need_weight) {
+    // An empty batch has NaN statistics but sums of zero, and torch's zero weight gradient.
+    if (need_weight && per_channel_count(input) == 0) {
+      grad_weight = at::zeros(weight->sizes(), weight->options());
+    } else if (need_weight) {
       grad_weight = sums_dy_xmu.mul(var.to(sums_dy_xmu.scalar_type()).add(eps).rsqrt_())
                         .view(weight->sizes())
                         .to(weight->scalar_type());
