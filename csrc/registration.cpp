@@ -40,11 +40,29 @@ TORCH_LIBRARY(fused_norm, m) {
       "ScalarType input_dtype, ScalarType residual_dtype, bool[4] output_mask) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
 
-  // Column norms (BatchNorm and its fused forms), in pieces so that SyncBatchNorm can combine
-  // statistics across processes between them. The input is (N, C, *); statistics are per channel
-  // C, in float32 (float64 for float64 input): mean and biased var, or the running statistics in
-  // eval. relu_output is the output of a BatchNorm fused with ReLU (its backward masks grad_out
-  // with relu_output > 0); count is the number of elements per channel the statistics cover.
+  // Column norms (BatchNorm and its fused forms). The input is (N, C, *); statistics are per
+  // channel C, in float32 (float64 for float64 input): mean and biased var, or the running
+  // statistics in eval. relu_output is the output of a BatchNorm fused with ReLU (its backward
+  // masks grad_out with relu_output > 0).
+  //
+  // BatchNorm: y = act(bn(input) + residual), act ReLU when relu, else none. In training the
+  // forward computes the batch statistics, returns them as mean and var, and updates the running
+  // statistics given (torch's rule: unbiased variance, lerp by momentum; an empty batch updates
+  // nothing); in eval it normalizes with the running statistics and returns empty [0] mean and
+  // var. The backward takes the mean and var the forward used (the batch's, or the running ones)
+  // and gives (grad_input, grad_weight, grad_bias, grad_residual), an empty [0] tensor where
+  // output_mask says so or there is nothing to differentiate; grad_residual needs relu_output
+  // (without ReLU it is grad_out itself).
+  m.def(
+      "batch_norm_fwd(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, "
+      "float eps, bool relu) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_bwd(Tensor grad_out, Tensor input, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, Tensor? relu_output, float eps, bool training, bool[4] output_mask) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  // The same in pieces, so that SyncBatchNorm can combine statistics and backward sums across
+  // processes between them; count is the number of elements per channel the statistics cover.
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
   m.def(
       "batch_norm_elemt(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, "

@@ -16,7 +16,8 @@ except ImportError as error:
         "with `pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__}). Cause: {error}"
     ) from error
-from .reference import ACTIVATIONS, activation_ref, row_norm_bwd_ref, stats_dtype
+from .reference import (ACTIVATIONS, activation_ref, batch_norm_ref, row_norm_bwd_ref,
+                        stats_dtype)
 
 ops = torch.ops.fused_norm
 
@@ -110,6 +111,27 @@ def _batch_norm_bwd_reduce_fake(grad_out, input, mean, relu_output, want_grad_re
 def _batch_norm_bwd_elemt_fake(grad_out, input, mean, var, weight, relu_output, sum_dy,
                                sum_dy_xmu, eps, count):
     return _column_layout_empty(input)
+
+
+@torch.library.register_fake("fused_norm::batch_norm_fwd")
+def _batch_norm_fwd_fake(input, weight, bias, residual, running_mean, running_var, training,
+                         momentum, eps, relu):
+    if training:
+        return _column_layout_empty(input), _per_channel(input), _per_channel(input)
+    empty = input.new_empty((0,), dtype=stats_dtype(input.dtype))
+    return _column_layout_empty(input), empty, empty.clone()
+
+
+@torch.library.register_fake("fused_norm::batch_norm_bwd")
+def _batch_norm_bwd_fake(grad_out, input, mean, var, weight, bias, relu_output, eps, training,
+                         output_mask):
+    return (
+        _column_layout_empty(input) if output_mask[0] else _unwanted(input),
+        _param_grad_fake(output_mask[1], weight, input),
+        _param_grad_fake(output_mask[2], bias, input),
+        _column_layout_empty(input) if output_mask[3] and relu_output is not None
+        else _unwanted(input),
+    )
 
 
 def _group_norm_layout_empty(input):
@@ -337,6 +359,66 @@ def _group_norm_bwd_backward(ctx, grad_dx, grad_dweight, grad_dbias):
 
 torch.library.register_autograd(
     "fused_norm::group_norm_bwd", _group_norm_bwd_backward, setup_context=_group_norm_bwd_setup
+)
+
+
+# BatchNorm: the forward op's autograd is C++ (csrc/common/norm_autograd.cpp) and calls the
+# backward op; the backward op's own backward (double backward) differentiates the
+# vector-Jacobian product of the reference forward. SyncBatchNorm has its own autograd
+# (fused_norm/_batch_norm.py) on the piecewise ops.
+
+
+def _batch_norm_bwd_setup(ctx, inputs, output):
+    grad_out, input, mean, var, weight, bias, relu_output, eps, training, output_mask = inputs
+    ctx.eps, ctx.training = eps, training
+    ctx.output_mask = [output_mask[0], output_mask[1] and weight is not None,
+                       output_mask[2] and bias is not None,
+                       output_mask[3] and relu_output is not None]
+    ctx.save_for_backward(grad_out, input, mean, var, weight, relu_output)
+
+
+def _batch_norm_bwd_backward(ctx, grad_dx, grad_dweight, grad_dbias, grad_dresidual):
+    """Gradients of (dx, dweight, dbias, dresidual) w.r.t. (grad_out, input, weight): those of
+    the vector-Jacobian product of the reference forward. In training the statistics are
+    recomputed from the input, so that their derivatives enter. The ReLU enters as the mask of
+    its saved output (its second derivative is zero), so the values of bias and residual do not
+    matter: the output is linear in them, and zero stand-ins give their gradients."""
+    grad_out, input, mean, var, weight, relu_output = ctx.saved_tensors
+    grads = [g if wanted else None for g, wanted in
+             zip((grad_dx, grad_dweight, grad_dbias, grad_dresidual), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        dy, x, w = [t.detach().requires_grad_() if t is not None else None
+                    for t in (grad_out, input, weight)]
+        b = (torch.zeros(x.shape[1], dtype=w.dtype if w is not None else x.dtype,
+                         device=x.device).requires_grad_() if grads[2] is not None else None)
+        residual = torch.zeros_like(x).requires_grad_() if grads[3] is not None else None
+        stats = (None, None) if ctx.training else (mean, var)
+        y = batch_norm_ref(x, *stats, w, b, ctx.eps, residual)
+        if relu_output is not None:
+            y = y * (relu_output > 0)
+        operands = [x, w, b, residual]
+        wanted = [t is not None and g is not None for t, g in zip(operands, grads)]
+        firsts = torch.autograd.grad(y, [t for t, keep in zip(operands, wanted) if keep],
+                                     dy.to(y.dtype), create_graph=True, allow_unused=True)
+        pairs = [(f, g.to(f.dtype)) for f, g in zip(firsts, [g for g, keep in zip(grads, wanted)
+                                                              if keep]) if f is not None]
+        leaves = [t for t in (dy, x, w) if t is not None]
+        if not pairs:
+            result = [None] * len(leaves)
+        else:
+            result = list(torch.autograd.grad([f for f, _ in pairs], leaves,
+                                              [g for _, g in pairs], create_graph=create_graph,
+                                              allow_unused=True))
+    g_dy, g_x = result[0], result[1]
+    g_w = result[2] if weight is not None else None
+    cast = [None if g is None else g.to(t.dtype) for g, t in ((g_dy, grad_out), (g_x, input),
+                                                              (g_w, weight))]
+    return cast[0], cast[1], None, None, cast[2], None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::batch_norm_bwd", _batch_norm_bwd_backward, setup_context=_batch_norm_bwd_setup
 )
 
 

@@ -136,10 +136,13 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
         self._check_non_zero_input_channels(input)
         running_mean, running_var, training, momentum = self._batch_norm_args()
         group = self._sync_group() if training else None
-        return _batch_norm.batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, training, momentum,
-            self.eps, residual=residual, relu=self.relu, process_group=group,
-            gather_stats=None if group is None else _batch_norm.gather_stats_across(group))
+        if group is None:
+            return _batch_norm.batch_norm(input, running_mean, running_var, self.weight,
+                                          self.bias, training, momentum, self.eps,
+                                          residual=residual, relu=self.relu)
+        return _batch_norm.sync_batch_norm(input, running_mean, running_var, self.weight,
+                                           self.bias, momentum, self.eps, residual, self.relu,
+                                           group)
 
     def _sync_group(self):
         """The process group to combine statistics over, or None when there is nobody to

@@ -371,6 +371,21 @@ def _opcheck_samples(device):
             yield ops.batch_norm_bwd_reduce, (dy, x, mean, None, False)
             yield ops.batch_norm_bwd_elemt, (dy, x, mean, var, w, y, sum_dy, sum_dy_xmu, 1e-5, 30)
             yield ops.batch_norm_bwd_elemt, (dy, x, mean, var, w, None, None, None, 1e-5, 1)
+            rm, rv = make_running(4, w.dtype, device)
+            xg = x.clone().requires_grad_()
+            wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+            r = torch.randn_like(x).requires_grad_()
+            yield ops.batch_norm_fwd, (xg, wg, bg, r, rm, rv, True, 0.1, 1e-5, True)
+            yield ops.batch_norm_fwd, (xg, None, bg, None, None, None, True, 0.1, 1e-5, False)
+            yield ops.batch_norm_fwd, (xg, wg, None, None, rm, rv, False, 0.1, 1e-5, True)
+            for training in (True, False):
+                stats = (mean, var) if training else (rm, rv)
+                yield ops.batch_norm_bwd, (dy, x, *stats, w, b, y, 1e-5, training,
+                                           [True, True, True, True])
+                yield ops.batch_norm_bwd, (dy, x, *stats, None, b, None, 1e-3, training,
+                                           [True, False, True, False])
+                yield ops.batch_norm_bwd, (dy, x, *stats, w, None, y, 1e-5, training,
+                                           [False, True, False, True])
 
 
 def test_opcheck(device):
@@ -431,6 +446,12 @@ def test_zero_size(device):
         assert x.grad.shape == x.shape
     bn = fused_norm.BatchNorm2d(3).to(device)
     assert bn(torch.randn(0, 3, 2, 2, device=device)).shape == (0, 3, 2, 2)
+    # An empty batch's parameter gradients are torch's zeros (its statistics are NaN).
+    ref = torch.nn.BatchNorm2d(3).to(device)
+    for module in (bn, ref):
+        module(torch.randn(0, 3, 2, 2, device=device, requires_grad=True)).sum().backward()
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(bn.bias.grad, ref.bias.grad)
 
 
 def _raises(exc, match, fn):
@@ -479,6 +500,33 @@ def test_bad_input_matches_torch(device, case):
     if device == "cpu":
         _raises(exc, match, lambda: call(F.batch_norm))  # the wording is torch's
     _raises(exc, match, lambda: call(fused_norm.batch_norm))
+
+
+@pytest.mark.parametrize("op", ["batch_norm_bwd", "batch_norm_bwd_reduce", "batch_norm_bwd_elemt"])
+def test_bad_grad_out(device, op):
+    x = torch.randn(4, 3, 5, device=device)
+    mean, var = torch.ops.fused_norm.batch_norm_stats(x)
+    call = {
+        "batch_norm_bwd": lambda dy: torch.ops.fused_norm.batch_norm_bwd(
+            dy, x, mean, var, None, None, None, 1e-5, True, [True, False, False, False]),
+        "batch_norm_bwd_reduce": lambda dy: torch.ops.fused_norm.batch_norm_bwd_reduce(
+            dy, x, mean, None, False),
+        "batch_norm_bwd_elemt": lambda dy: torch.ops.fused_norm.batch_norm_bwd_elemt(
+            dy, x, mean, var, None, None, None, None, 1e-5, 1),
+    }[op]
+    _raises(RuntimeError, r"batch_norm: expected grad_out of shape \[4, 3, 5\], but got \[4, 3\]",
+            lambda: call(torch.randn(4, 3, device=device)))
+    _raises(RuntimeError, "batch_norm: expected grad_out of dtype Float, but got Double",
+            lambda: call(torch.randn(4, 3, 5, device=device, dtype=torch.float64)))
+
+
+def test_failed_call_leaves_running_stats(device):
+    """Every check comes before the running statistics are updated."""
+    x = torch.randn(4, 3, 5, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    with pytest.raises(RuntimeError, match="weight should contain 3 elements not 4"):
+        fused_norm.batch_norm(x, rm, rv, torch.ones(4, device=device), training=True)
+    assert torch.equal(rm, torch.zeros_like(rm)) and torch.equal(rv, torch.ones_like(rv))
 
 
 @requires_cuda

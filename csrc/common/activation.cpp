@@ -133,13 +133,7 @@ at::Tensor activation_bwd(const ActivationBackend& backend, const at::Tensor& gr
                           c10::ArrayRef<double> args) {
   const ActivationArgs act = parse_activation(kind, args);
   check_dtype(saved_in, kind);
-  TORCH_CHECK(grad_out.sizes().equals(saved_in.sizes()),
-              message("activation_bwd: expected grad_out of shape ", saved_in.sizes(),
-                      ", but got ", grad_out.sizes()));
-  TORCH_CHECK(grad_out.scalar_type() == saved_in.scalar_type(),
-              message("activation_bwd: expected grad_out of dtype ", saved_in.scalar_type(),
-                      ", but got ", grad_out.scalar_type()));
-  check_same_device(saved_in, grad_out);
+  check_grad_out("activation_bwd", grad_out, saved_in.sizes(), saved_in);
   c10::DeviceGuard device_guard(saved_in.device());
   const at::Tensor saved = dense(saved_in);
   const at::Tensor dy = laid_out_as(grad_out, saved);
@@ -179,7 +173,7 @@ at::Tensor rrelu_with_noise_bwd(const ActivationBackend& backend, const at::Tens
                                 const at::Tensor& input, const at::Tensor& noise_in) {
   check_dtype(input, "rrelu_with_noise");
   check_like(noise_in, input, "rrelu_with_noise_bwd", "noise");
-  check_like(grad_out, input, "rrelu_with_noise_bwd", "grad_out");
+  check_grad_out("rrelu_with_noise_bwd", grad_out, input.sizes(), input);
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = dense(input);
   const at::Tensor noise = laid_out_as(noise_in, x);
@@ -223,7 +217,7 @@ Tensor2 prelu_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
                   const at::Tensor& input, const at::Tensor& weight_in,
                   std::array<bool, 2> output_mask) {
   const PreluShape s = check_prelu_args(input, weight_in);
-  check_like(grad_out, input, "prelu_bwd", "grad_out");
+  check_grad_out("prelu_bwd", grad_out, input.sizes(), input);
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = s.C == 1 ? dense(input) : input.contiguous();
   const at::Tensor dy = laid_out_as(grad_out, x);

@@ -1,8 +1,10 @@
 #include "column_norm.h"
 
+#include <algorithm>
 #include <limits>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
 namespace fused_norm {
@@ -67,7 +69,7 @@ void check_per_channel(const char* name, const at::Tensor& t, const at::Tensor& 
   check_mixed_dtype(t, input);
 }
 
-// Tensors of the input's shape that come with it (grad_out, relu_output, residual).
+// Tensors of the input's shape that come with it (relu_output, residual).
 void check_like_input(const char* name, const at::Tensor& t, const at::Tensor& input) {
   TORCH_CHECK(t.sizes().equals(input.sizes()),
               message("batch_norm: expected ", name, " of size ", input.sizes(),
@@ -97,6 +99,81 @@ std::optional<at::Tensor> flat_or_none(const std::optional<at::Tensor>& t) {
   if (!defined(t)) return std::nullopt;
   if (t->dim() == 1 && t->is_contiguous()) return t;
   return t->reshape({-1}).contiguous();
+}
+
+void check_elemt_operands(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& residual) {
+  check_params(input, weight, bias);
+  if (defined(residual)) check_like_input("residual", *residual, input);
+}
+
+// batch_norm_elemt after its checks.
+at::Tensor elemt(const ColumnNormBackend& backend, const at::Tensor& input,
+                 const at::Tensor& mean_in, const at::Tensor& var_in,
+                 const std::optional<at::Tensor>& weight_in,
+                 const std::optional<at::Tensor>& bias_in,
+                 const std::optional<at::Tensor>& residual_in, double eps, bool relu) {
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  at::Tensor y = layout.empty(input);
+  if (layout.empty_problem()) return y;
+  const at::Tensor x = layout.arrange(input);
+  const at::Tensor mean = stats_for_kernel(mean_in, input);
+  const at::Tensor var = stats_for_kernel(var_in, input);
+  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
+  const std::optional<at::Tensor> bias = flat_or_none(bias_in);
+  const at::Tensor residual = defined(residual_in) ? layout.arrange(*residual_in) : at::Tensor();
+  ColumnNormElemtParams p{};
+  p.x = x.const_data_ptr();
+  p.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
+  p.mean = mean.const_data_ptr();
+  p.var = var.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.bias = data_or_null(bias);
+  p.y = y.mutable_data_ptr();
+  p.shape = layout.shape;
+  p.eps = eps;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.param_dtype = param_dtype_of(x, weight, bias);
+  p.relu = relu;
+  backend.elemt(p);
+  return y;
+}
+
+// Elements per channel: what the batch statistics of `input` cover.
+int64_t per_channel_count(const at::Tensor& input) {
+  return input.size(1) == 0 ? 0 : input.numel() / input.size(1);
+}
+
+// torch's checks of batch statistics, in its words (torch.nn.functional.batch_norm raises them
+// as ValueError in Python).
+void check_training(const at::Tensor& input, double eps) {
+  TORCH_CHECK_VALUE(per_channel_count(input) != 1,
+                    message("Expected more than 1 value per channel when training, got input "
+                            "size torch.Size(",
+                            input.sizes(), ")"));
+  TORCH_CHECK_VALUE(eps > 0,
+                    message("batch_norm eps must be positive during training, but got ", eps));
+}
+
+// torch's update: running = (1 - momentum) * running + momentum * batch, with the unbiased batch
+// variance. An empty batch leaves the running statistics as they are (torch's kernels do the
+// same).
+void update_running_stats(const std::optional<at::Tensor>& running_mean,
+                          const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, int64_t count, double momentum) {
+  if (count == 0) return;
+  if (defined(running_mean)) {
+    running_mean->lerp_(mean.view(running_mean->sizes()).to(running_mean->scalar_type()),
+                        momentum);
+  }
+  if (defined(running_var)) {
+    const double bessel =
+        static_cast<double>(count) / static_cast<double>(std::max<int64_t>(count - 1, 1));
+    running_var->lerp_(var.mul(bessel).view(running_var->sizes()).to(running_var->scalar_type()),
+                       momentum);
+  }
 }
 
 }  // namespace
@@ -131,41 +208,15 @@ Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& inp
 }
 
 at::Tensor batch_norm_elemt(const ColumnNormBackend& backend, const at::Tensor& input,
-                            const at::Tensor& mean_in, const at::Tensor& var_in,
-                            const std::optional<at::Tensor>& weight_in,
-                            const std::optional<at::Tensor>& bias_in,
-                            const std::optional<at::Tensor>& residual_in, double eps,
-                            bool relu) {
+                            const at::Tensor& mean, const at::Tensor& var,
+                            const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& residual, double eps, bool relu) {
   check_input(input);
-  check_per_channel("running_mean", mean_in, input);
-  check_per_channel("running_var", var_in, input);
-  check_params(input, weight_in, bias_in);
-  if (defined(residual_in)) check_like_input("residual", *residual_in, input);
-  c10::DeviceGuard device_guard(input.device());
-  const ColumnLayout layout = ColumnLayout::of(input);
-  at::Tensor y = layout.empty(input);
-  if (layout.empty_problem()) return y;
-  const at::Tensor x = layout.arrange(input);
-  const at::Tensor mean = stats_for_kernel(mean_in, input);
-  const at::Tensor var = stats_for_kernel(var_in, input);
-  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
-  const std::optional<at::Tensor> bias = flat_or_none(bias_in);
-  const at::Tensor residual = defined(residual_in) ? layout.arrange(*residual_in) : at::Tensor();
-  ColumnNormElemtParams p{};
-  p.x = x.const_data_ptr();
-  p.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
-  p.mean = mean.const_data_ptr();
-  p.var = var.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.bias = data_or_null(bias);
-  p.y = y.mutable_data_ptr();
-  p.shape = layout.shape;
-  p.eps = eps;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype_of(x, weight, bias);
-  p.relu = relu;
-  backend.elemt(p);
-  return y;
+  check_per_channel("running_mean", mean, input);
+  check_per_channel("running_var", var, input);
+  check_elemt_operands(input, weight, bias, residual);
+  return elemt(backend, input, mean, var, weight, bias, residual, eps, relu);
 }
 
 Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor& grad_out,
@@ -173,7 +224,7 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
                               const std::optional<at::Tensor>& relu_output,
                               bool want_grad_residual) {
   check_input(input);
-  check_like_input("grad_out", grad_out, input);
+  check_grad_out("batch_norm", grad_out, input.sizes(), input);
   check_per_channel("mean", mean_in, input);
   if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
   c10::DeviceGuard device_guard(input.device());
@@ -220,7 +271,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
                                 const std::optional<at::Tensor>& sum_dy_xmu_in, double eps,
                                 int64_t count) {
   check_input(input);
-  check_like_input("grad_out", grad_out, input);
+  check_grad_out("batch_norm", grad_out, input.sizes(), input);
   check_per_channel("mean", mean_in, input);
   check_per_channel("var", var_in, input);
   check_params(input, weight_in, std::nullopt);
@@ -266,6 +317,77 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   p.param_dtype = param_dtype_of(x, weight, std::nullopt);
   backend.bwd_elemt(p);
   return dx;
+}
+
+
+Tensor3 batch_norm_fwd(const ColumnNormBackend& backend, const at::Tensor& input,
+                       const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual,
+                       const std::optional<at::Tensor>& running_mean,
+                       const std::optional<at::Tensor>& running_var, bool training,
+                       double momentum, double eps, bool relu) {
+  check_input(input);
+  // Every check before the running statistics change: a call that fails leaves them as they were.
+  if (defined(running_mean)) check_per_channel("running_mean", *running_mean, input);
+  if (defined(running_var)) check_per_channel("running_var", *running_var, input);
+  check_elemt_operands(input, weight, bias, residual);
+  if (!training) {
+    TORCH_CHECK(defined(running_mean) && defined(running_var),
+                "running_mean must be defined in evaluation mode");
+    const auto options = input.options().dtype(stats_dtype(input.scalar_type()));
+    return {elemt(backend, input, *running_mean, *running_var, weight, bias, residual, eps, relu),
+            at::empty({0}, options), at::empty({0}, options)};
+  }
+  check_training(input, eps);
+  auto [mean, var] = batch_norm_stats(backend, input);
+  update_running_stats(running_mean, running_var, mean, var, per_channel_count(input), momentum);
+  return {elemt(backend, input, mean, var, weight, bias, residual, eps, relu), mean, var};
+}
+
+Tensor4 batch_norm_bwd(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                       const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+                       const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& relu_output, double eps, bool training,
+                       std::array<bool, 4> output_mask) {
+  const bool need_input = output_mask[0];
+  const bool need_weight = output_mask[1] && defined(weight);
+  const bool need_bias = output_mask[2] && defined(bias);
+  const bool need_residual = output_mask[3] && defined(relu_output);
+  // Unwanted outputs are empty, each its own tensor: outputs of an op must not alias.
+  const auto unwanted = [&] { return at::empty({0}, input.options()); };
+  at::Tensor grad_input, grad_weight, grad_bias, grad_residual;
+  std::optional<at::Tensor> sum_dy, sum_dy_xmu;
+  // The reduction pass also writes the residual's gradient (grad_out masked by the ReLU): it
+  // runs whenever that is wanted, even when its sums are not.
+  if ((training && need_input) || need_weight || need_bias || need_residual) {
+    auto [sums_dy, sums_dy_xmu, masked] =
+        batch_norm_bwd_reduce(backend, grad_out, input, mean, relu_output, need_residual);
+    if (need_residual) grad_residual = masked;
+    // An empty batch has NaN statistics but sums of zero, and torch's zero weight gradient.
+    if (need_weight && per_channel_count(input) == 0) {
+      grad_weight = at::zeros(weight->sizes(), weight->options());
+    } else if (need_weight) {
+      grad_weight = sums_dy_xmu.mul(var.to(sums_dy_xmu.scalar_type()).add(eps).rsqrt_())
+                        .view(weight->sizes())
+                        .to(weight->scalar_type());
+    }
+    if (need_bias) grad_bias = sums_dy.view(bias->sizes()).to(bias->scalar_type());
+    if (training) {
+      sum_dy = sums_dy;
+      sum_dy_xmu = sums_dy_xmu;
+    }
+  }
+  if (need_input) {
+    grad_input = batch_norm_bwd_elemt(backend, grad_out, input, mean, var, weight, relu_output,
+                                      sum_dy, sum_dy_xmu, eps,
+                                      training ? per_channel_count(input) : 1);
+  }
+  for (at::Tensor* grad : {&grad_input, &grad_weight, &grad_bias, &grad_residual}) {
+    if (!grad->defined()) *grad = unwanted();
+  }
+  return {grad_input, grad_weight, grad_bias, grad_residual};
 }
 
 }  // namespace fused_norm

@@ -4,6 +4,7 @@
 // ColumnNormBackend and registers the ops with register_column_norm_kernels.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -42,6 +43,25 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
                                 const std::optional<at::Tensor>& sum_dy,
                                 const std::optional<at::Tensor>& sum_dy_xmu, double eps,
                                 int64_t count);
+// BatchNorm forward in one op: in training the batch statistics, the running-statistics update
+// (in place) and the normalized output; in eval the output from the running statistics. Returns
+// (y, mean, var): the batch statistics in training, empty [0] tensors in eval.
+Tensor3 batch_norm_fwd(const ColumnNormBackend& backend, const at::Tensor& input,
+                       const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual,
+                       const std::optional<at::Tensor>& running_mean,
+                       const std::optional<at::Tensor>& running_var, bool training,
+                       double momentum, double eps, bool relu);
+// Its backward: (grad_input, grad_weight, grad_bias, grad_residual), each an empty [0] tensor
+// where output_mask says so or there is nothing to differentiate (no weight, no bias, no ReLU for
+// the residual: without ReLU its gradient is grad_out itself).
+Tensor4 batch_norm_bwd(const ColumnNormBackend& backend, const at::Tensor& grad_out,
+                       const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+                       const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& relu_output, double eps, bool training,
+                       std::array<bool, 4> output_mask);
 
 template <const ColumnNormBackend& (*kBackend)()>
 void register_column_norm_kernels(torch::Library& m) {
@@ -67,6 +87,23 @@ void register_column_norm_kernels(torch::Library& m) {
             const std::optional<at::Tensor>& sum_dy_xmu, double eps, int64_t count) {
            return batch_norm_bwd_elemt(kBackend(), grad_out, input, mean, var, weight, output,
                                        sum_dy, sum_dy_xmu, eps, count);
+         });
+  m.impl("batch_norm_fwd",
+         [](const at::Tensor& input, const std::optional<at::Tensor>& weight,
+            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+            const std::optional<at::Tensor>& running_mean,
+            const std::optional<at::Tensor>& running_var, bool training, double momentum,
+            double eps, bool relu) {
+           return batch_norm_fwd(kBackend(), input, weight, bias, residual, running_mean,
+                                 running_var, training, momentum, eps, relu);
+         });
+  m.impl("batch_norm_bwd",
+         [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+            const at::Tensor& var, const std::optional<at::Tensor>& weight,
+            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& relu_output,
+            double eps, bool training, std::array<bool, 4> output_mask) {
+           return batch_norm_bwd(kBackend(), grad_out, input, mean, var, weight, bias,
+                                 relu_output, eps, training, output_mask);
          });
 }
 

@@ -11,6 +11,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_call.h"
+
 namespace fused_norm {
 namespace {
 
@@ -38,8 +40,8 @@ class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
             .findSchemaOrThrow("fused_norm::softmax_bwd", "")
             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool)>();
     const at::Tensor y = ctx->get_saved_variables()[0];
-    at::Tensor dx = op.call(grads[0], y, ctx->saved_data["dim"].toInt(),
-                            ctx->saved_data["log"].toBool());
+    at::Tensor dx = call_backward_op(op, grads[0], y, ctx->saved_data["dim"].toInt(),
+                                     ctx->saved_data["log"].toBool());
     return {dx, at::Tensor(), at::Tensor()};
   }
 };
@@ -66,7 +68,7 @@ class GatedChunkFunction : public torch::autograd::Function<GatedChunkFunction> 
             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
     const at::Tensor input = ctx->get_saved_variables()[0];
     const std::string activation = ctx->saved_data["activation"].toStringRef();
-    return {op.call(grads[0], input, activation), at::Tensor()};
+    return {call_backward_op(op, grads[0], input, activation), at::Tensor()};
   }
 };
 
@@ -94,7 +96,7 @@ class GatedFunction : public torch::autograd::Function<GatedFunction> {
                                                       const at::Tensor&, c10::string_view)>();
     const variable_list saved = ctx->get_saved_variables();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
-    auto [da, db] = op.call(grads[0], saved[0], saved[1], activation);
+    auto [da, db] = call_backward_op(op, grads[0], saved[0], saved[1], activation);
     return {da, db, at::Tensor()};
   }
 };
@@ -128,7 +130,7 @@ class ActivationFunction : public torch::autograd::Function<ActivationFunction> 
     const at::Tensor saved = ctx->get_saved_variables()[0];
     const std::string kind = ctx->saved_data["kind"].toStringRef();
     const std::vector<double> args = ctx->saved_data["args"].toDoubleVector();
-    return {op.call(grads[0], saved, kind, args), at::Tensor(), at::Tensor()};
+    return {call_backward_op(op, grads[0], saved, kind, args), at::Tensor(), at::Tensor()};
   }
 };
 

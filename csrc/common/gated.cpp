@@ -95,13 +95,7 @@ at::Tensor gated_chunk_bwd(const GatedBackend& backend, const at::Tensor& grad_o
   const Activation act = parse_gate(activation);
   check_dtype(input);
   const int64_t H = half_of_last_dim(input);
-  TORCH_CHECK(grad_out.dim() == input.dim() && grad_out.sizes().equals(with_last(input.sizes(), H)),
-              message("gated: expected grad_out of shape ", with_last(input.sizes(), H),
-                      ", but got ", grad_out.sizes()));
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
-              message("gated: expected grad_out of dtype ", input.scalar_type(), ", but got ",
-                      grad_out.scalar_type()));
-  check_same_device(input, grad_out);
+  check_grad_out("gated", grad_out, with_last(input.sizes(), H), input);
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_out.contiguous();
@@ -140,7 +134,7 @@ Tensor2 gated_bwd(const GatedBackend& backend, const at::Tensor& grad_out, const
   const Activation act = parse_gate(activation);
   check_dtype(a_in);
   check_like("b", b_in, a_in);
-  check_like("grad_out", grad_out, a_in);
+  check_grad_out("gated", grad_out, a_in.sizes(), a_in);
   c10::DeviceGuard device_guard(a_in.device());
   const at::Tensor a = a_in.contiguous();
   const at::Tensor b = b_in.contiguous();

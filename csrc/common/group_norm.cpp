@@ -144,13 +144,7 @@ Tensor3 group_norm_bwd(const GroupNormBackend& backend, const at::Tensor& grad_o
                        std::array<bool, 3> output_mask) {
   const GroupShape s = check_group_norm_args(input, num_groups, weight_in, bias_in);
   const Activation act = parse_activation(activation);
-  TORCH_CHECK(grad_out.sizes().equals(input.sizes()),
-              message("group_norm_bwd: expected grad_out of shape ", input.sizes(),
-                      " (the input's), but got ", grad_out.sizes()));
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
-              message("group_norm_bwd: expected grad_out of dtype ", input.scalar_type(),
-                      ", but got ", grad_out.scalar_type()));
-  check_same_device(input, grad_out);
+  check_grad_out("group_norm_bwd", grad_out, input.sizes(), input);
   const at::ScalarType stats = stats_dtype(input.scalar_type());
   for (const at::Tensor* t : {&mean_in, &rstd_in}) {
     check_same_device(input, *t);

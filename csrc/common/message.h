@@ -8,6 +8,7 @@
 // c10::toString / Device::str, which format in code that is not compiled into this library.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -33,6 +34,16 @@ inline std::string to_text(c10::IntArrayRef shape) {
 template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
 std::string to_text(Int value) {
   return std::to_string(value);
+}
+// A double as Python prints a float for the usual values (0.0, 1e-05, -1.5): the shortest text
+// that reads back as the same value (std::to_chars, formatted in libstdc++ itself), with ".0"
+// after a whole number.
+inline std::string to_text(double value) {
+  char buffer[32];
+  const std::to_chars_result end = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  std::string text(buffer, end.ptr);
+  if (text.find_first_not_of("-0123456789") == std::string::npos) text += ".0";
+  return text;
 }
 
 template <typename... Parts>

@@ -120,13 +120,7 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
                      const at::Tensor& rstd_in, const std::optional<at::Tensor>& weight_in,
                      const std::optional<at::Tensor>& bias_in, std::array<bool, 3> output_mask) {
   const RowShape shape = check_row_norm_args(op, rms, input, normalized_shape, weight_in, bias_in);
-  TORCH_CHECK(grad_out.sizes().equals(input.sizes()),
-              message(op, ": expected grad_out of shape ", input.sizes(),
-                      " (the input's), but got ", grad_out.sizes()));
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
-              message(op, ": expected grad_out of dtype ", input.scalar_type(), ", but got ",
-                      grad_out.scalar_type()));
-  check_same_device(input, grad_out);
+  check_grad_out(op, grad_out, input.sizes(), input);
   const at::ScalarType stats = stats_dtype(input.scalar_type());
   auto check_stats = [&](const char* name, const at::Tensor& t) {
     check_same_device(input, t);

@@ -65,13 +65,7 @@ at::Tensor softmax_fwd(const SoftmaxBackend& backend, const at::Tensor& input, i
 at::Tensor softmax_bwd(const SoftmaxBackend& backend, const at::Tensor& grad_out,
                        const at::Tensor& output, int64_t dim, bool log) {
   const int64_t wrapped = check_softmax_args(output, dim, log);
-  TORCH_CHECK(grad_out.sizes().equals(output.sizes()),
-              message("softmax_bwd: expected grad_out of shape ", output.sizes(),
-                      " (the output's), but got ", grad_out.sizes()));
-  TORCH_CHECK(grad_out.scalar_type() == output.scalar_type(),
-              message("softmax_bwd: expected grad_out of dtype ", output.scalar_type(),
-                      ", but got ", grad_out.scalar_type()));
-  check_same_device(output, grad_out);
+  check_grad_out("softmax_bwd", grad_out, output.sizes(), output);
   c10::DeviceGuard device_guard(output.device());
   const at::Tensor y = output.contiguous();
   const at::Tensor dy = grad_out.contiguous();

@@ -15,6 +15,7 @@ namespace fused_norm {
 
 using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 inline bool is_kernel_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -40,6 +41,19 @@ inline void check_same_device(const at::Tensor& input, const at::Tensor& other) 
               message("Expected all tensors to be on the same device, but found at least two "
                       "devices, ",
                       input.device(), " and ", other.device(), "!"));
+}
+
+// The backward ops' check of grad_out: of the `expected` sizes (the input's or the output's, as
+// the op defines it), and of the dtype and device of `like` (the tensor it goes with).
+inline void check_grad_out(const char* op, const at::Tensor& grad_out, c10::IntArrayRef expected,
+                           const at::Tensor& like) {
+  TORCH_CHECK(grad_out.sizes().equals(expected),
+              message(op, ": expected grad_out of shape ", expected, ", but got ",
+                      grad_out.sizes()));
+  TORCH_CHECK(grad_out.scalar_type() == like.scalar_type(),
+              message(op, ": expected grad_out of dtype ", like.scalar_type(), ", but got ",
+                      grad_out.scalar_type()));
+  check_same_device(like, grad_out);
 }
 
 inline bool defined(const std::optional<at::Tensor>& t) { return t && t->defined(); }
