@@ -592,6 +592,87 @@ torch.library.register_autograd(
 
 
 # ---------------------------------------------------------------------------------------------
+# DyT. The output (and dx) is contiguous in the input's dtype; dalpha, dweight and dbias have
+# their parameter's shape and dtype. dyt_fwd's autograd is C++ (csrc/common/elementwise_autograd.cpp:
+# the backward op on the saved inputs); the backward op's own backward differentiates its
+# formula written in torch ops (_dyt_bwd_ref).
+
+
+@torch.library.register_fake("fused_norm::dyt_fwd")
+def _dyt_fwd_fake(input, alpha, weight, bias):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_norm::dyt_bwd")
+def _dyt_bwd_fake(grad_out, input, alpha, weight, bias, output_mask):
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0]
+        else _unwanted(input),
+        torch.empty_like(alpha, memory_format=torch.contiguous_format) if output_mask[1]
+        else _unwanted(input),
+        _param_grad_fake(output_mask[2], weight, input),
+        _param_grad_fake(output_mask[3], bias, input),
+    )
+
+
+def _dyt_bwd_ref(dy, x, alpha, weight, n):
+    """(dx, dalpha, dweight, dbias) of DyT as differentiable torch ops, in the opmath dtype, for
+    weight and bias of n elements:
+    t = tanh(alpha * x), s = 1 - t^2, g = dy * weight; dx = g * alpha * s,
+    dalpha = sum(g * x * s), dweight = sum over rows of dy * t, dbias = sum over rows of dy."""
+    dtype = stats_dtype(x.dtype)
+    dy, x, a = dy.to(dtype), x.to(dtype), alpha.to(dtype)
+    rows = -1 if n else 0  # as [rows, n]; with n == 0 there are no elements
+    dy, x = dy.reshape(rows, n), x.reshape(rows, n)
+    t = torch.tanh(a * x)
+    s = 1 - t * t
+    g = dy * weight.to(dtype).reshape(-1) if weight is not None else dy
+    dx = g * a * s
+    dalpha = (g * x * s).sum().reshape(alpha.shape)
+    return dx, dalpha, (dy * t).sum(0), dy.sum(0)
+
+
+def _dyt_bwd_setup(ctx, inputs, output):
+    grad_out, input, alpha, weight, bias, output_mask = inputs
+    ctx.output_mask = [output_mask[0], output_mask[1], output_mask[2] and weight is not None,
+                       output_mask[3] and bias is not None]
+    param = weight if weight is not None else bias
+    ctx.n = param.numel() if param is not None else 1
+    ctx.save_for_backward(grad_out, input, alpha, weight)
+
+
+def _dyt_bwd_backward(ctx, grad_dx, grad_dalpha, grad_dweight, grad_dbias):
+    """Gradients of (dx, dalpha, dweight, dbias) w.r.t. (grad_out, input, alpha, weight); the
+    backward does not depend on bias."""
+    grad_out, input, alpha, weight = ctx.saved_tensors
+    grads = [g if wanted else None for g, wanted in
+             zip((grad_dx, grad_dalpha, grad_dweight, grad_dbias), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    leaves_in = [t for t in (grad_out, input, alpha, weight) if t is not None]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in leaves_in]
+        dy, x, a = leaves[:3]
+        w = leaves[3] if weight is not None else None
+        outputs = _dyt_bwd_ref(dy, x, a, w, ctx.n)
+        pairs = [(o, g.reshape(o.shape).to(o.dtype)) for o, g in zip(outputs, grads)
+                 if g is not None]
+        if pairs:
+            result = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                         create_graph=create_graph, allow_unused=True)
+        else:
+            result = [None] * len(leaves)
+    result = [None if r is None else r.to(t.dtype) for r, t in zip(result, leaves_in)]
+    g_dy, g_x, g_alpha = result[:3]
+    g_w = result[3] if weight is not None else None
+    return g_dy, g_x, g_alpha, g_w, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::dyt_bwd", _dyt_bwd_backward, setup_context=_dyt_bwd_setup
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # Autocast: the same policy as torch's own op. Under CUDA autocast torch runs layer_norm (and,
 # from torch 2.13, rms_norm), group_norm, softmax and log_softmax in float32; under CPU autocast
 # it leaves them in the input dtype.
