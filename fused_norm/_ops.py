@@ -16,7 +16,8 @@ except ImportError as error:
         "with `pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__}). Cause: {error}"
     ) from error
-from .reference import ACTIVATIONS, activation_ref, row_norm_bwd_ref, stats_dtype
+from .reference import (ACTIVATIONS, activation_ref, dyt_bwd_ref, row_norm_bwd_ref,
+                        stats_dtype)
 
 ops = torch.ops.fused_norm
 
@@ -595,7 +596,7 @@ torch.library.register_autograd(
 # DyT. The output (and dx) is contiguous in the input's dtype; dalpha, dweight and dbias have
 # their parameter's shape and dtype. dyt_fwd's autograd is C++ (csrc/common/elementwise_autograd.cpp:
 # the backward op on the saved inputs); the backward op's own backward differentiates its
-# formula written in torch ops (_dyt_bwd_ref).
+# formula written in torch ops (reference.dyt_bwd_ref).
 
 
 @torch.library.register_fake("fused_norm::dyt_fwd")
@@ -613,23 +614,6 @@ def _dyt_bwd_fake(grad_out, input, alpha, weight, bias, output_mask):
         _param_grad_fake(output_mask[2], weight, input),
         _param_grad_fake(output_mask[3], bias, input),
     )
-
-
-def _dyt_bwd_ref(dy, x, alpha, weight, n):
-    """(dx, dalpha, dweight, dbias) of DyT as differentiable torch ops, in the opmath dtype, for
-    weight and bias of n elements:
-    t = tanh(alpha * x), s = 1 - t^2, g = dy * weight; dx = g * alpha * s,
-    dalpha = sum(g * x * s), dweight = sum over rows of dy * t, dbias = sum over rows of dy."""
-    dtype = stats_dtype(x.dtype)
-    dy, x, a = dy.to(dtype), x.to(dtype), alpha.to(dtype)
-    rows = -1 if n else 0  # as [rows, n]; with n == 0 there are no elements
-    dy, x = dy.reshape(rows, n), x.reshape(rows, n)
-    t = torch.tanh(a * x)
-    s = 1 - t * t
-    g = dy * weight.to(dtype).reshape(-1) if weight is not None else dy
-    dx = g * a * s
-    dalpha = (g * x * s).sum().reshape(alpha.shape)
-    return dx, dalpha, (dy * t).sum(0), dy.sum(0)
 
 
 def _dyt_bwd_setup(ctx, inputs, output):
@@ -653,7 +637,7 @@ def _dyt_bwd_backward(ctx, grad_dx, grad_dalpha, grad_dweight, grad_dbias):
         leaves = [t.detach().requires_grad_() for t in leaves_in]
         dy, x, a = leaves[:3]
         w = leaves[3] if weight is not None else None
-        outputs = _dyt_bwd_ref(dy, x, a, w, ctx.n)
+        outputs = dyt_bwd_ref(dy, x, a, w, ctx.n)
         pairs = [(o, g.reshape(o.shape).to(o.dtype)) for o, g in zip(outputs, grads)
                  if g is not None]
         if pairs:
