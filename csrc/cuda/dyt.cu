@@ -27,10 +27,6 @@ namespace cuda {
 namespace {
 
 constexpr int kDytThreads = 256;
-// Resident blocks of kDytThreads per multiprocessor the forward's grid aims at: 8 fill an SM's
-// 2048 thread slots. The backward aims at column_reduce.cuh's kColumnMinBlocksPerSm (its kernel's
-// launch bounds): more slices would only add partial rows to write and merge.
-constexpr int kFwdBlocksPerSm = 8;
 // Rows each thread loads before computing any of them: loads in flight, hiding DRAM latency.
 constexpr int kFwdUnroll = 4;
 constexpr int kMaxGridY = 65535;
@@ -58,7 +54,10 @@ struct DytLaunch {
 };
 
 // One wave of `blocks_per_sm` resident blocks per SM, spread over the column blocks; each slice
-// at least block.y rows (no idle rows of threads), at most kMaxGridY slices.
+// at least block.y rows (no idle rows of threads), at most kMaxGridY slices. The forward's
+// blocks_per_sm is its kernel's occupancy (its registers decide: 4 to 8 blocks); the backward's
+// is column_reduce.cuh's kColumnMinBlocksPerSm (its kernel's launch bounds), since more slices
+// would only add partial rows to write and merge.
 DytLaunch dyt_launch(int64_t M, int64_t N, int vec, int sm_count, int blocks_per_sm) {
   DytLaunch L;
   const int64_t col_vecs = N / vec;
@@ -131,6 +130,19 @@ __global__ void __launch_bounds__(kDytThreads)
       v[u].store(y + row * N + col);
     }
   }
+}
+
+// Blocks of dyt_fwd_kernel<T, P, kVec> (256 threads) resident per SM: its registers decide (4
+// with 16-bit vectors, 8 with scalars). Asked once per process: with GPUs of different
+// architectures the grid of the others may be a wave off, never wrong.
+template <typename T, typename P, int kVec>
+int fwd_resident_blocks() {
+  static const int blocks = [] {
+    int n = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dyt_fwd_kernel<T, P, kVec>, kDytThreads, 0);
+    return std::max(n, 1);
+  }();
+  return blocks;
 }
 
 // The backward as an Op of column_rows_partials_kernel (column_reduce.cuh): the three column
@@ -259,15 +271,18 @@ cudaError_t dyt_fwd(const DytFwdParams& p, cudaStream_t stream) {
     using P = typename decltype(p_tag)::type;
     constexpr int V = kVecWidth16<T>;
     const int vec = vec_for<T>(p.N, {p.x, p.y, p.weight, p.bias});
-    const DytLaunch L = dyt_launch(p.M, p.N, vec, current_sm_count(), kFwdBlocksPerSm);
-    auto run = [&](auto kernel) {
-      kernel<<<L.grid, L.block, 0, stream>>>(
+    auto run = [&](auto vec_tag) {
+      constexpr int kVec = decltype(vec_tag)::value;
+      const DytLaunch L = dyt_launch(p.M, p.N, kVec, current_sm_count(),
+                                     fwd_resident_blocks<T, P, kVec>());
+      dyt_fwd_kernel<T, P, kVec><<<L.grid, L.block, 0, stream>>>(
           static_cast<const T*>(p.x), static_cast<const P*>(p.alpha),
           static_cast<const P*>(p.weight), static_cast<const P*>(p.bias), static_cast<T*>(p.y),
           p.M, p.N);
       return cudaGetLastError();
     };
-    return vec == V ? run(dyt_fwd_kernel<T, P, V>) : run(dyt_fwd_kernel<T, P, 1>);
+    return vec == V ? run(std::integral_constant<int, V>())
+                    : run(std::integral_constant<int, 1>());
   });
 }
 
