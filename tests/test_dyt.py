@@ -447,3 +447,25 @@ def test_cuda_many_rows_and_long_rows(shape):
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
     alpha, w, b = make_params(shape[1:], "weight+bias", torch.float32, "cuda")
     check_parity(x, alpha, w, b)
+
+
+@requires_cuda
+def test_cuda_64bit_indexing():
+    """More than 2^31 elements in total (rows at offsets past int32): the last rows must come out
+    as right as the first, forward and backward (needs ~13 GB of GPU memory)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with at least 24 GB for three 4.3 GB tensors")
+    N = 4096
+    M = (1 << 31) // N + 5
+    x = torch.randn(M, N, dtype=torch.bfloat16, device="cuda")
+    alpha, w, b = make_params((N,), "weight+bias", torch.bfloat16, "cuda")
+    rows = torch.tensor([0, M // 2, M - 2, M - 1], device="cuda")
+    dy_rows = torch.randn(len(rows), N, dtype=x.dtype, device="cuda")
+    y_ref, grads_ref = oracle(x[rows], alpha, w, b, dy_rows)
+    y = ops.dyt_fwd(x, alpha, w, b)
+    assert_close(y[rows], y_ref, torch.bfloat16, "fwd", msg="y")
+    del y
+    dy = torch.zeros_like(x)
+    dy[rows] = dy_rows
+    dx = ops.dyt_bwd(dy, x, alpha, w, b, [True, False, False, False])[0]
+    assert_close(dx[rows], grads_ref[0], torch.bfloat16, "bwd", msg="dx")

@@ -18,9 +18,35 @@ namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-// tanh through at::vec's Vectorized::tanh (Sleef's 1-ulp tanh), as the standalone Tanh
-// activation (activation.h): the cheaper 1 - 2 / (exp(2u) + 1) form loses the relative precision
-// of small arguments, and alpha * x is mostly small (alpha starts at 0.5 or below).
+// tanh in opmath. Both directions are bound by their tanh on CPU (the backward recomputes it
+// rather than reading a saved tensor), and Sleef's 1-ulp tanh behind Vectorized::tanh made the
+// backward slower than torch's composite one, which saves tanh's output. float: Eigen's rational
+// approximation (generic_fast_tanh_float: odd degree-13 over even degree-6 polynomials on
+// [-7.905, 7.905], clamped beyond, where tanh rounds to +-1; x itself below 4e-4, where tanh(x)
+// rounds to x), within 2.3 ulp / 2.7e-7 relative of tanh over [-12, 12] (measured against
+// float64), small arguments included (alpha * x mostly is small), unlike 1 - 2 / (exp(2u) + 1).
+// double: Sleef's tanh (gradcheck needs double precision).
+template <typename V>
+C10_ALWAYS_INLINE V dyt_tanh(const V& x) {
+  if constexpr (std::is_same_v<V, Vectorized<float>>) {
+    const V xc = at::vec::clamp(x, V(-7.90531110763549805f), V(7.90531110763549805f));
+    const V x2 = xc * xc;
+    V p = at::vec::fmadd(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
+    p = at::vec::fmadd(p, x2, V(-8.60467152213735e-11f));
+    p = at::vec::fmadd(p, x2, V(5.12229709037114e-08f));
+    p = at::vec::fmadd(p, x2, V(1.48572235717979e-05f));
+    p = at::vec::fmadd(p, x2, V(6.37261928875436e-04f));
+    p = at::vec::fmadd(p, x2, V(4.89352455891786e-03f));
+    V q = at::vec::fmadd(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
+    q = at::vec::fmadd(q, x2, V(2.26843463243900e-03f));
+    q = at::vec::fmadd(q, x2, V(4.89352518554385e-03f));
+    // NaN passes through explicitly: the clamp may replace it.
+    return V::blendv(p * xc / q, x, (x.abs() < V(4e-4f)) | (x != x));
+  } else {
+    return x.tanh();
+  }
+}
+
 template <typename T>
 void dyt_fwd_typed(const DytFwdParams& p) {
   using C = Chunk<T>;
@@ -40,7 +66,7 @@ void dyt_fwd_typed(const DytFwdParams& p) {
         C::load(x + i, v, count);
         // Scalar math: y = weight * tanh(alpha * x) + bias
         for (int part = 0; part < C::kParts; ++part) {
-          v[part] = at::vec::fmadd(k[0][part], (v[part] * alpha).tanh(), k[1][part]);
+          v[part] = at::vec::fmadd(k[0][part], dyt_tanh(v[part] * alpha), k[1][part]);
         }
         C::store(y + i, v, count);
       });
@@ -110,7 +136,7 @@ void dyt_bwd_typed(const DytBwdParams& p) {
             // Scalar math: t = tanh(alpha * x); s = 1 - t^2; g = dy * w;
             // dx = g * alpha * s; dweight += dy * t; dbias += dy; dalpha += g * x * s
             for (int k = 0; k < C::kParts; ++k) {
-              const AccVec t = (xv[k] * alpha).tanh();
+              const AccVec t = dyt_tanh(xv[k] * alpha);
               const AccVec s = AccVec(1) - t * t;
               const AccVec g = dyv[k] * wv[k];
               const AccVec gs = g * s;
