@@ -119,4 +119,15 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def(
       "prelu_bwd(Tensor grad_out, Tensor input, Tensor weight, bool[2] output_mask) -> (Tensor, "
       "Tensor)");
+
+  // DyT (Dynamic Tanh): y = weight * tanh(alpha * x) + bias, alpha a one-element tensor (read
+  // from memory by the kernels), weight and bias (optional, one shape) over the input's trailing
+  // dims like LayerNorm's normalized_shape; alpha, weight and bias of one dtype: the input's, or
+  // float32 with a 16-bit input. The output is contiguous, in the input's dtype. The backward
+  // returns (dx, dalpha, dweight, dbias), each output whose output_mask entry is false (or whose
+  // parameter is None) an empty [0] tensor.
+  m.def("dyt_fwd(Tensor input, Tensor alpha, Tensor? weight, Tensor? bias) -> Tensor");
+  m.def(
+      "dyt_bwd(Tensor grad_out, Tensor input, Tensor alpha, Tensor? weight, Tensor? bias, "
+      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

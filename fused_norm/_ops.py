@@ -16,8 +16,8 @@ except ImportError as error:
         "with `pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__}). Cause: {error}"
     ) from error
-from .reference import (ACTIVATIONS, activation_ref, batch_norm_ref, row_norm_bwd_ref,
-                        stats_dtype)
+from .reference import (ACTIVATIONS, activation_ref, batch_norm_ref, dyt_bwd_ref,
+                        row_norm_bwd_ref, stats_dtype)
 
 ops = torch.ops.fused_norm
 
@@ -777,6 +777,70 @@ def _add_norm_bwd_backward(ctx, g_d_input, g_d_residual, g_d_weight, g_d_bias):
 
 torch.library.register_autograd(
     "fused_norm::add_norm_bwd", _add_norm_bwd_backward, setup_context=_add_norm_bwd_setup
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# DyT. The output (and dx) is contiguous in the input's dtype; dalpha, dweight and dbias have
+# their parameter's shape and dtype. dyt_fwd's autograd is C++ (csrc/common/elementwise_autograd.cpp:
+# the backward op on the saved inputs); the backward op's own backward differentiates its
+# formula written in torch ops (reference.dyt_bwd_ref).
+
+
+@torch.library.register_fake("fused_norm::dyt_fwd")
+def _dyt_fwd_fake(input, alpha, weight, bias):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_norm::dyt_bwd")
+def _dyt_bwd_fake(grad_out, input, alpha, weight, bias, output_mask):
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0]
+        else _unwanted(input),
+        torch.empty_like(alpha, memory_format=torch.contiguous_format) if output_mask[1]
+        else _unwanted(input),
+        _param_grad_fake(output_mask[2], weight, input),
+        _param_grad_fake(output_mask[3], bias, input),
+    )
+
+
+def _dyt_bwd_setup(ctx, inputs, output):
+    grad_out, input, alpha, weight, bias, output_mask = inputs
+    ctx.output_mask = [output_mask[0], output_mask[1], output_mask[2] and weight is not None,
+                       output_mask[3] and bias is not None]
+    param = weight if weight is not None else bias
+    ctx.n = param.numel() if param is not None else 1
+    ctx.save_for_backward(grad_out, input, alpha, weight)
+
+
+def _dyt_bwd_backward(ctx, grad_dx, grad_dalpha, grad_dweight, grad_dbias):
+    """Gradients of (dx, dalpha, dweight, dbias) w.r.t. (grad_out, input, alpha, weight); the
+    backward does not depend on bias."""
+    grad_out, input, alpha, weight = ctx.saved_tensors
+    grads = [g if wanted else None for g, wanted in
+             zip((grad_dx, grad_dalpha, grad_dweight, grad_dbias), ctx.output_mask)]
+    create_graph = torch.is_grad_enabled()
+    leaves_in = [t for t in (grad_out, input, alpha, weight) if t is not None]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in leaves_in]
+        dy, x, a = leaves[:3]
+        w = leaves[3] if weight is not None else None
+        outputs = dyt_bwd_ref(dy, x, a, w, ctx.n)
+        pairs = [(o, g.reshape(o.shape).to(o.dtype)) for o, g in zip(outputs, grads)
+                 if g is not None]
+        if pairs:
+            result = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                         create_graph=create_graph, allow_unused=True)
+        else:
+            result = [None] * len(leaves)
+    result = [None if r is None else r.to(t.dtype) for r, t in zip(result, leaves_in)]
+    g_dy, g_x, g_alpha = result[:3]
+    g_w = result[3] if weight is not None else None
+    return g_dy, g_x, g_alpha, g_w, None, None
+
+
+torch.library.register_autograd(
+    "fused_norm::dyt_bwd", _dyt_bwd_backward, setup_context=_dyt_bwd_setup
 )
 
 

@@ -256,6 +256,25 @@ class Activation:
         return [x, w], lambda *_: self.ours(x, w), lambda *_: self.theirs(x, w)
 
 
+class DyT:
+    """DyT (weight * tanh(alpha * x) + bias) over the last dim of an (M, N) tensor, against the
+    composition in torch. Shapes and bytes as the row norms' (their drop-in)."""
+
+    cuda_shapes = RowNorm.cuda_shapes
+    cpu_shapes = RowNorm.cpu_shapes
+    layouts = ["contiguous"]
+    fwd_tensors, bwd_tensors = 2, 3
+
+    def make(self, shape, layout, device, dtype):
+        M, N = shape
+        x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+        alpha = torch.full((1,), 0.5, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+        b = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
+        return ([x, alpha, w, b], lambda *_: fused_norm.dyt(x, alpha, w, b),
+                lambda *_: w * torch.tanh(alpha * x) + b)
+
+
 def _activation(name, **kw):
     return Activation(lambda x: getattr(fused_norm, name)(x, **kw),
                       lambda x: getattr(F, name)(x, **kw))
@@ -302,6 +321,7 @@ OPS = {
     "instance_norm": GroupNorm("instance_norm"),
     "softmax": Softmax(log=False),
     "log_softmax": Softmax(log=True),
+    "dyt": DyT(),
     "swiglu": Gated(fused_norm.swiglu, F.silu, liger=lambda lk, a, b: lk.liger_swiglu(a, b)),
     # No Liger peer: its GeGLU is the tanh approximation, ours and torch's the exact erf.
     "geglu": Gated(fused_norm.geglu, F.gelu),

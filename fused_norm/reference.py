@@ -143,3 +143,30 @@ _ACTIVATION_KINDS = {
 def activation_ref(x, kind, args):
     """act(x) for fused_norm::activation_fwd's `kind` and `args`, in torch."""
     return _ACTIVATION_KINDS[kind](x, *args)
+
+
+def dyt_ref(x, alpha, weight=None, bias=None):
+    """DyT as the plain composition: weight * tanh(alpha * x) + bias."""
+    y = torch.tanh(alpha * x)
+    if weight is not None:
+        y = weight * y
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def dyt_bwd_ref(dy, x, alpha, weight, n):
+    """(dx, dalpha, dweight, dbias) of DyT as differentiable torch ops, in the opmath dtype, for
+    weight and bias of n elements:
+    t = tanh(alpha * x), s = 1 - t^2, g = dy * weight; dx = g * alpha * s,
+    dalpha = sum(g * x * s), dweight = sum over rows of dy * t, dbias = sum over rows of dy."""
+    dtype = stats_dtype(x.dtype)
+    dy, x, a = dy.to(dtype), x.to(dtype), alpha.to(dtype)
+    rows = -1 if n else 0  # as [rows, n]; with n == 0 there are no elements
+    dy, x = dy.reshape(rows, n), x.reshape(rows, n)
+    t = torch.tanh(a * x)
+    s = 1 - t * t
+    g = dy * weight.to(dtype).reshape(-1) if weight is not None else dy
+    dx = g * a * s
+    dalpha = (g * x * s).sum().reshape(alpha.shape)
+    return dx, dalpha, (dy * t).sum(0), dy.sum(0)

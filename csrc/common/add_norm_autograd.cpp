@@ -1,8 +1,8 @@
 // Autograd of the fused add + norm forward op (add_norm_fwd), in C++ like the plain norms'
 // (norm_autograd.cpp): a Python autograd registration costs tens of microseconds on every call,
 // no_grad inference included, which a decode step with a few rows cannot afford. The backward
-// calls add_norm_bwd through the dispatcher, so double backward goes through that op's own
-// autograd (fused_norm/_ops.py) and torch.compile traces it like any op.
+// calls add_norm_bwd through the dispatcher (call_backward_op), so double backward goes through
+// that op's own autograd (fused_norm/_ops.py) and torch.compile traces it like any op.
 #include <array>
 #include <optional>
 #include <tuple>
@@ -11,6 +11,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "autograd_call.h"
 
 namespace fused_norm {
 namespace {
@@ -107,8 +109,8 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
     }
     const OptTensor grad_sum =
         ctx->saved_data["write_sum"].toBool() ? as_optional(grads[1]) : std::nullopt;
-    auto [d_input, d_residual, d_weight, d_bias] = op.call(
-        grad_y, grad_sum, saved, ctx->saved_data["normalized_shape"].toSymIntVector(), mean,
+    auto [d_input, d_residual, d_weight, d_bias] = call_backward_op(
+        op, grad_y, grad_sum, saved, ctx->saved_data["normalized_shape"].toSymIntVector(), mean,
         rstd, as_optional(weight), as_optional(bias), ctx->saved_data["rms"].toBool(),
         ctx->saved_data["alpha"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
         as_optional(seed), ctx->saved_data["zero_centered_weight"].toBool(),

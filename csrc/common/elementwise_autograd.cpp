@@ -1,8 +1,10 @@
-// Autograd of the softmax, gated-unit and activation forward ops, in C++ like the row norms'
+// Autograd of the softmax, gated-unit, activation and DyT forward ops, in C++ like the row norms'
 // (norm_autograd.cpp): torch.library's Python register_autograd costs tens of microseconds per
 // call, as much as a whole softmax or activation backward of a few MB on CPU. The backward calls
 // the backward op through the dispatcher, so that double backward goes through that op's own
 // autograd (fused_norm/_ops.py) and torch.compile traces it like any op.
+#include <array>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -18,6 +20,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+using OptTensor = std::optional<at::Tensor>;
 
 // Input: input, dim, log. Saves the output: the backward needs nothing else.
 class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
@@ -134,6 +137,47 @@ class ActivationFunction : public torch::autograd::Function<ActivationFunction> 
   }
 };
 
+// Inputs: input, alpha, weight, bias. Saves the inputs: the backward recomputes tanh(alpha * x)
+// rather than keeping a tensor of it.
+class DytFunction : public torch::autograd::Function<DytFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& alpha,
+                            const OptTensor& weight, const OptTensor& bias) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::dyt_fwd", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                              const OptTensor&)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = op.call(input, alpha, weight, bias);
+    ctx->save_for_backward(
+        {input, alpha, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fused_norm::dyt_bwd", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                const OptTensor&, std::array<bool, 4>)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &alpha = saved[1], &weight = saved[2], &bias = saved[3];
+    // needs_input_grad counts the tensor arguments that were given: input 0, alpha 1, then
+    // weight and bias where present.
+    const size_t bias_index = weight.defined() ? 3 : 2;
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      weight.defined() && ctx->needs_input_grad(2),
+                                      bias.defined() && ctx->needs_input_grad(bias_index)};
+    auto optional = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; };
+    auto [dx, dalpha, dweight, dbias] =
+        op.call(grads[0], input, alpha, optional(weight), optional(bias), mask);
+    return {mask[0] ? dx : at::Tensor(), mask[1] ? dalpha : at::Tensor(),
+            mask[2] ? dweight : at::Tensor(), mask[3] ? dbias : at::Tensor()};
+  }
+};
+
 at::Tensor activation_fwd_autograd(const at::Tensor& input, c10::string_view kind,
                                    c10::ArrayRef<double> args) {
   return ActivationFunction::apply(input, kind, args);
@@ -152,6 +196,11 @@ at::Tensor gated_fwd_autograd(const at::Tensor& a, const at::Tensor& b,
   return GatedFunction::apply(a, b, activation);
 }
 
+at::Tensor dyt_fwd_autograd(const at::Tensor& input, const at::Tensor& alpha,
+                            const OptTensor& weight, const OptTensor& bias) {
+  return DytFunction::apply(input, alpha, weight, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
@@ -159,6 +208,7 @@ TORCH_LIBRARY_IMPL(fused_norm, Autograd, m) {
   m.impl("gated_chunk_fwd", TORCH_FN(gated_chunk_fwd_autograd));
   m.impl("gated_fwd", TORCH_FN(gated_fwd_autograd));
   m.impl("activation_fwd", TORCH_FN(activation_fwd_autograd));
+  m.impl("dyt_fwd", TORCH_FN(dyt_fwd_autograd));
 }
 
 }  // namespace fused_norm

@@ -9,6 +9,7 @@
 
 #include "../common/activation.h"
 #include "../common/column_norm.h"
+#include "../common/dyt.h"
 #include "../common/gated.h"
 #include "../common/group_norm.h"
 #include "../common/row_norm.h"
@@ -188,6 +189,24 @@ const ActivationBackend& activation_backend() {
   return backend;
 }
 
+DytBackend make_dyt_backend() {
+  switch (cpu_capability()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case Capability::kAvx512:
+      return {AVX512::dyt_fwd, AVX512::dyt_bwd, AVX512::dyt_bwd_workspace_bytes, cpu_threads};
+    case Capability::kAvx2:
+      return {AVX2::dyt_fwd, AVX2::dyt_bwd, AVX2::dyt_bwd_workspace_bytes, cpu_threads};
+#endif
+    default:
+      return {DEFAULT::dyt_fwd, DEFAULT::dyt_bwd, DEFAULT::dyt_bwd_workspace_bytes, cpu_threads};
+  }
+}
+
+const DytBackend& dyt_backend() {
+  static const DytBackend backend = make_dyt_backend();
+  return backend;
+}
+
 }  // namespace
 }  // namespace cpu
 
@@ -198,6 +217,7 @@ TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_softmax_kernels<cpu::softmax_backend>(m);
   register_gated_kernels<cpu::gated_backend>(m);
   register_activation_kernels<cpu::activation_backend>(m);
+  register_dyt_kernels<cpu::dyt_backend>(m);
 }
 
 }  // namespace fused_norm

@@ -24,3 +24,6 @@ void rrelu_bwd(const RreluParams& p);
 void prelu_fwd(const PreluFwdParams& p);
 void prelu_bwd(const PreluBwdParams& p);
 size_t prelu_bwd_workspace_bytes(const PreluBwdParams& p);
+void dyt_fwd(const DytFwdParams& p);
+void dyt_bwd(const DytBwdParams& p);
+size_t dyt_bwd_workspace_bytes(const DytBwdParams& p);

@@ -19,6 +19,7 @@
 #define CPU_CAPABILITY_AVX512
 #include "activation_kernels.h"
 #include "column_norm_kernels.h"
+#include "dyt_kernels.h"
 #include "gated_kernels.h"
 #include "group_norm_kernels.h"
 #include "row_norm_kernels.h"
