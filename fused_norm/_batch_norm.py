@@ -55,7 +55,11 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, residual, mean, var, eps, relu, training, count,
                 process_group):
-        y = ops.batch_norm_elemt(input, mean, var, weight, bias, residual, eps, relu)
+        # A channels_last output comes back as a permuted view of the buffer the kernel wrote,
+        # and autograd forbids in-place ops on a Function's output that is a view (a
+        # ReLU(inplace=True) after the norm, as in ResNet); detach() is the same memory as a
+        # tensor of its own.
+        y = ops.batch_norm_elemt(input, mean, var, weight, bias, residual, eps, relu).detach()
         ctx.save_for_backward(input, weight, bias, mean, var, y if relu else None)
         ctx.eps, ctx.relu, ctx.training, ctx.count = eps, relu, training, count
         ctx.process_group = process_group
