@@ -278,7 +278,8 @@ def _probe(module, weight, bias, eps):
         params[1]["bias"] = rand(hidden)
     outputs = []
     try:
-        with torch.no_grad():
+        # The module's own function, not what an enclosing autocast region would make of it.
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
             for values in params:
                 outputs.append(torch.func.functional_call(module, values, (x,)))
     except Exception as error:  # a module we cannot call like a norm is simply not one

@@ -251,9 +251,13 @@ def test_convert_is_idempotent_and_reports():
     again = fused_norm.convert(model)
     assert len(again) == 0 and not again.skipped
     assert snapshot == {name: type(m) for name, m in model.named_modules()}
-    # One revert undoes both calls.
-    fused_norm.revert(model)
-    assert _torch_only(model)
+    # A copy (deepcopy, or pickled whole) keeps what revert needs; one revert undoes both calls.
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for m in (model, copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        fused_norm.revert(m)
+        assert _torch_only(m)
 
 
 def test_families_and_exclude():
@@ -270,16 +274,33 @@ def test_families_and_exclude():
 # ---- whole-model machinery: compile, autocast, DDP ---------------------------------------------
 
 
+def _conv_net():
+    """BatchNorm -> ReLU and GroupNorm -> SiLU pairs that convert() fuses."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                         nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.SiLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def _resnet18_stage():
+    """ResNet-18's layer2, the stem's output as input: BasicBlocks with their shared in-place
+    ReLU after a BatchNorm and after the residual add, and the downsampling branch. Tracing
+    the whole model adds only the stem and the head, for several seconds more."""
+    stage = _resnet18().layer2
+    return nn.Sequential(nn.Conv2d(3, 64, 1), stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(128, 10))
+
+
 @pytest.mark.parametrize("make,batch", [
-    (_resnet18, lambda: _resnet_batches(1)[0]),
+    (_resnet18_stage, lambda: _resnet_batches(1)[0]),
+    (_conv_net, lambda: _resnet_batches(1)[0]),
     (Transformer, lambda: _transformer_batches(1)[0]),
-], ids=["resnet18", "transformer"])
+], ids=["resnet18-stage", "fused-conv-net", "transformer"])
 def test_compile_fullgraph_forward_backward(make, batch):
     torch._dynamo.reset()
     model = make()
     reference = copy.deepcopy(model)
     fused_norm.convert(model)
-    loss_fn = _resnet_loss if make is _resnet18 else _transformer_loss
+    loss_fn = _transformer_loss if make is Transformer else _resnet_loss
     data = batch()
     # aot_eager traces forward and backward through the custom ops (fake kernels, autograd
     # registrations) exactly as inductor would, without its minutes of C++ code generation.
@@ -295,14 +316,15 @@ def test_compile_fullgraph_forward_backward(make, batch):
 
 
 @pytest.mark.parametrize("make,batch", [
-    (_resnet18, lambda: _resnet_batches(1)[0]),
+    (_resnet18, lambda: _resnet_batches(1, batch=4)[0]),
+    (_conv_net, lambda: _resnet_batches(1)[0]),
     (Transformer, lambda: _transformer_batches(1)[0]),
-], ids=["resnet18", "transformer"])
+], ids=["resnet18", "fused-conv-net", "transformer"])
 def test_cpu_autocast_bfloat16(make, batch):
     model = make()
     reference = copy.deepcopy(model)
     fused_norm.convert(model)
-    loss_fn = _resnet_loss if make is _resnet18 else _transformer_loss
+    loss_fn = _transformer_loss if make is Transformer else _resnet_loss
     data = batch()
     losses = []
     for m in (model, reference):
@@ -314,13 +336,6 @@ def test_cpu_autocast_bfloat16(make, batch):
     for p in model.parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32
         assert torch.isfinite(p.grad).all()
-
-
-def _conv_net():
-    """BatchNorm -> ReLU and GroupNorm -> SiLU pairs that convert() fuses."""
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                         nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.SiLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
 
 
 def _ddp_worker(rank, world, init_file, result_file):
