@@ -58,9 +58,6 @@ _ADDED_STATE = {
     M.GroupNorm: {"activation": "none"},
 }
 
-_MISSING = object()
-
-
 def _class_name(cls):
     for package in ("torch.nn", "fused_norm"):
         if cls.__module__.startswith(package + "."):
@@ -168,16 +165,16 @@ def revert(model):
             continue
         new = type(module)
         module.__class__ = undo["class"]
-        for attr, previous in undo["attrs"].items():
-            if previous is _MISSING:
-                del module.__dict__[attr]
-            else:
-                module.__dict__[attr] = previous
+        for attr in undo["added"]:
+            del module.__dict__[attr]
+        module.__dict__.update(undo["replaced"])
         report.changed.append(Change(name, new, undo["class"]))
     return report
 
 
 def _exclusion(exclude):
+    if isinstance(exclude, (str, type)):
+        exclude = (exclude,)
     names = tuple(item for item in exclude if isinstance(item, str))
     types = tuple(item for item in exclude if isinstance(item, type))
     if len(names) + len(types) != len(tuple(exclude)):
@@ -195,9 +192,14 @@ def _swap_class(module, new_class, attrs):
     (the first record wins: reverting a fused module restores its state before any change)."""
     undo = module.__dict__.get("_fused_norm_undo")
     if undo is None:
-        undo = {"class": type(module), "attrs": {}}
+        # Plain data (no sentinel object), so that it survives deepcopy and pickling.
+        undo = {"class": type(module), "added": [], "replaced": {}}
     for attr, value in attrs.items():
-        undo["attrs"].setdefault(attr, module.__dict__.get(attr, _MISSING))
+        if attr in module.__dict__:
+            if attr not in undo["added"]:
+                undo["replaced"].setdefault(attr, module.__dict__[attr])
+        elif attr not in undo["added"]:
+            undo["added"].append(attr)
         module.__dict__[attr] = value
     module.__class__ = new_class
     module.__dict__["_fused_norm_undo"] = undo

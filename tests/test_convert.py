@@ -66,6 +66,13 @@ class Transformer(nn.Module):
         return self.log_softmax(self.head(self.norm(x)))
 
 
+def _conv_net():
+    """BatchNorm -> ReLU and GroupNorm -> SiLU pairs that convert() fuses."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                         nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.SiLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
 TRANSFORMERS = [
     pytest.param(nn.LayerNorm, nn.GELU, id="layernorm-gelu"),
     pytest.param(nn.RMSNorm, nn.SiLU, id="rmsnorm-silu"),
@@ -251,13 +258,24 @@ def test_convert_is_idempotent_and_reports():
     again = fused_norm.convert(model)
     assert len(again) == 0 and not again.skipped
     assert snapshot == {name: type(m) for name, m in model.named_modules()}
-    # A copy (deepcopy, or pickled whole) keeps what revert needs; one revert undoes both calls.
+    # One revert undoes both calls.
+    fused_norm.revert(model)
+    assert _torch_only(model)
+
+
+def test_copies_of_a_converted_model_revert():
+    model = _conv_net()
+    reference = copy.deepcopy(model)
+    fused_norm.convert(model)
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
-    for m in (model, copy.deepcopy(model), torch.load(buffer, weights_only=False)):
-        fused_norm.revert(m)
-        assert _torch_only(m)
+    x = torch.randn(2, 3, 8, 8)
+    for m in (copy.deepcopy(model), torch.load(buffer, weights_only=False), model):
+        assert len(fused_norm.revert(m)) == 2 + 4  # two fused slots, four modules
+        assert [type(a) for a in m] == [type(b) for b in reference]
+        assert [a.__dict__.keys() for a in m] == [b.__dict__.keys() for b in reference]
+        torch.testing.assert_close(m(x), reference(x))
 
 
 def test_families_and_exclude():
@@ -267,18 +285,13 @@ def test_families_and_exclude():
     assert {change.name for change in report} == {"blocks.0.norm1", "blocks.0.norm2"}
     assert type(model.blocks[1].norm1) is nn.LayerNorm and type(model.norm) is nn.LayerNorm
     assert type(model.blocks[0].mlp[1]) is nn.GELU
+    assert {c.name for c in fused_norm.convert(Transformer(), exclude="blocks")} == {
+        "norm", "log_softmax"}
     with pytest.raises(TypeError, match="exclude"):
         fused_norm.convert(model, exclude=[3])
 
 
 # ---- whole-model machinery: compile, autocast, DDP ---------------------------------------------
-
-
-def _conv_net():
-    """BatchNorm -> ReLU and GroupNorm -> SiLU pairs that convert() fuses."""
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                         nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.SiLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
 
 
 def _resnet18_stage():
