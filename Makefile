@@ -3,7 +3,7 @@ PYTHON ?= python3
 # torch 2.14.1 as served here is a CUDA 13.0 build: with it the CUDA kernels are compiled even on
 # a machine without a GPU (they run where one is present). TORCH=torch==2.13.0 gives a CPU build.
 TORCH ?= torch==2.14.1
-TEST_DEPS = numpy pytest
+TEST_DEPS = numpy pytest torchvision==0.29.1
 # Only for the benchmark's plot (without it the benchmark runs and says it skipped the plot).
 BENCH_DEPS = matplotlib
 # The table goes to the terminal; rows and metadata to build/bench.json, the plot next to it.

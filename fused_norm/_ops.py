@@ -82,7 +82,8 @@ def _column_layout_empty(input):
     (csrc/common/column_norm.cpp, ColumnLayout): channels-last stays channels-last, anything
     else comes back contiguous."""
     if input.dim() > 2 and not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
-        return input.new_empty(input.movedim(1, -1).shape).movedim(-1, 1)
+        strides = input.new_empty(input.movedim(1, -1).shape).movedim(-1, 1).stride()
+        return input.new_empty_strided(input.shape, strides)
     return input.new_empty(input.shape)
 
 

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
@@ -40,9 +42,22 @@ struct ColumnLayout {
     return t.movedim(1, -1).contiguous().movedim(-1, 1);
   }
 
+  // A tensor of its own with like's sizes in this layout. Not a permuted view of a buffer:
+  // autograd forbids in-place ops (a ReLU(inplace=True) after the norm) on an output that is a
+  // view created inside a Function.
   at::Tensor empty(const at::Tensor& like) const {
     if (!channels_last) return at::empty(like.sizes(), like.options());
-    return at::empty(like.movedim(1, -1).sizes(), like.options()).movedim(-1, 1);
+    // Channels innermost, then the other dims from last to first.
+    std::vector<int64_t> strides(like.dim());
+    int64_t stride = 1;
+    strides[1] = stride;
+    stride *= std::max<int64_t>(like.size(1), 1);
+    for (int64_t d = like.dim() - 1; d >= 0; --d) {
+      if (d == 1) continue;
+      strides[d] = stride;
+      stride *= std::max<int64_t>(like.size(d), 1);
+    }
+    return at::empty_strided(like.sizes(), strides, like.options());
   }
 
   int64_t per_channel() const { return shape.A * shape.B; }

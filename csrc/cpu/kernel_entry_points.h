@@ -1,7 +1,8 @@
 // The entry points every CPU capability defines (kernels_default.cpp, kernels_avx2.cpp,
-// kernels_avx512.cpp, through the kernel headers). Deliberately without an include guard: it is
-// included once inside each capability's namespace in cpu_backends.cpp, declaring the same
-// functions in DEFAULT, AVX2 and AVX512.
+// kernels_avx512.cpp, through the kernel headers), and the capability's backends made of them.
+// Deliberately without an include guard: it is included once inside each capability's namespace
+// in cpu_backends.cpp, declaring the same functions in DEFAULT, AVX2 and AVX512 (CpuBackends,
+// cpu_threads and no_group_norm_fwd_workspace come from the enclosing namespace).
 void row_norm_fwd(const RowNormFwdParams& p);
 void row_norm_bwd(const RowNormBwdParams& p);
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p);
@@ -27,3 +28,19 @@ size_t prelu_bwd_workspace_bytes(const PreluBwdParams& p);
 void dyt_fwd(const DytFwdParams& p);
 void dyt_bwd(const DytBwdParams& p);
 size_t dyt_bwd_workspace_bytes(const DytBwdParams& p);
+
+// This capability's backends: the unqualified names are this namespace's entry points.
+inline CpuBackends backends() {
+  return {
+      {row_norm_fwd, row_norm_bwd, row_norm_bwd_workspace_bytes, cpu_threads},
+      {column_norm_stats, column_norm_elemt, column_norm_bwd_reduce, column_norm_bwd_elemt,
+       column_reduce_workspace_bytes, cpu_threads},
+      {group_norm_fwd, group_norm_bwd, no_group_norm_fwd_workspace,
+       group_norm_bwd_workspace_bytes, cpu_threads, /*channels_last=*/true},
+      {softmax_fwd, softmax_bwd, cpu_threads},
+      {gated_fwd, gated_bwd, cpu_threads},
+      {activation_fwd, activation_bwd, rrelu_fwd, rrelu_bwd, prelu_fwd, prelu_bwd,
+       prelu_bwd_workspace_bytes},
+      {dyt_fwd, dyt_bwd, dyt_bwd_workspace_bytes, cpu_threads},
+  };
+}
