@@ -101,7 +101,16 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
     const bool want_residual = has_residual && ctx->needs_input_grad(index++);
     const bool want_weight = weight.defined() && ctx->needs_input_grad(index++);
     const bool want_bias = bias.defined() && ctx->needs_input_grad(index);
-    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), want_residual, want_weight,
+    // With alpha 1, no dropout and one dtype, the input's and the residual's gradients are the
+    // same values: computed once and given to both, as torch's add does (one tensor written,
+    // not two).
+    const bool want_input = ctx->needs_input_grad(0);
+    const bool shared_grad = want_input && want_residual &&
+                             ctx->saved_data["alpha"].toDouble() == 1.0 &&
+                             ctx->saved_data["dropout_p"].toDouble() == 0.0 &&
+                             dtype_of("input_dtype") == dtype_of("residual_dtype") &&
+                             dtype_of("residual_grad_dtype") == dtype_of("input_dtype");
+    const std::array<bool, 4> mask = {want_input, want_residual && !shared_grad, want_weight,
                                       want_bias};
     at::Tensor grad_y = grads[0];
     if (!grad_y.defined()) {
@@ -116,12 +125,14 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
         as_optional(seed), ctx->saved_data["zero_centered_weight"].toBool(),
         ctx->saved_data["saved_is_output"].toBool(), dtype_of("input_dtype"),
         dtype_of("residual_dtype"), mask);
-    if (want_residual && d_residual.scalar_type() != dtype_of("residual_grad_dtype")) {
+    if (shared_grad) {
+      d_residual = d_input;
+    } else if (want_residual && d_residual.scalar_type() != dtype_of("residual_grad_dtype")) {
       d_residual = d_residual.to(dtype_of("residual_grad_dtype"));
     }
     variable_list out(15);
-    if (mask[0]) out[0] = d_input;
-    if (mask[1]) out[1] = d_residual;
+    if (want_input) out[0] = d_input;
+    if (want_residual) out[1] = d_residual;
     if (mask[2]) out[3] = d_weight;
     if (mask[3]) out[4] = d_bias;
     return out;
