@@ -75,6 +75,48 @@ RowShape check_row_norm_args(const char* op, bool rms, const at::Tensor& input,
   return {M, N};
 }
 
+// The outputs of a row-norm forward (y in y_dtype, mean, rstd) and the params pointing the
+// kernels at them. An empty problem is answered here: runs_kernel is then false.
+struct RowNormFwdCall {
+  at::Tensor y, mean, rstd;
+  RowNormFwdParams params{};
+  bool runs_kernel = false;
+};
+
+RowNormFwdCall prepare_row_norm_fwd(const RowShape& shape, bool rms, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias, double eps,
+                                    at::ScalarType y_dtype) {
+  RowNormFwdCall call;
+  call.y = at::empty(x.sizes(), x.options().dtype(y_dtype));
+  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
+  call.mean = at::empty({rms ? 0 : shape.M}, stats_options);
+  call.rstd = at::empty({shape.M}, stats_options);
+  if (shape.M == 0) return call;
+  if (shape.N == 0) {
+    // Nothing to normalize; the statistics of an empty row are never read.
+    call.mean.zero_();
+    call.rstd.fill_(1.0 / std::sqrt(eps));
+    return call;
+  }
+  RowNormFwdParams& p = call.params;
+  p.x = x.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.bias = data_or_null(bias);
+  p.y = call.y.mutable_data_ptr();
+  p.mean = rms ? nullptr : call.mean.mutable_data_ptr();
+  p.rstd = call.rstd.mutable_data_ptr();
+  p.M = shape.M;
+  p.N = shape.N;
+  p.eps = eps;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.param_dtype = param_dtype_of(x, weight, bias);
+  p.rms = rms;
+  p.y_dtype = to_dtype(y_dtype);
+  call.runs_kernel = true;
+  return call;
+}
+
 // The forward of both ops: y, mean (LayerNorm only) and rstd.
 Tensor3 row_norm_fwd(const RowNormBackend& backend, const char* op, bool rms,
                      const at::Tensor& input, at::IntArrayRef normalized_shape,
@@ -85,32 +127,9 @@ Tensor3 row_norm_fwd(const RowNormBackend& backend, const char* op, bool rms,
   const at::Tensor x = input.contiguous();
   const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
   const std::optional<at::Tensor> bias = contiguous_or_none(bias_in);
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
-  at::Tensor mean = at::empty({rms ? 0 : shape.M}, stats_options);
-  at::Tensor rstd = at::empty({shape.M}, stats_options);
-  if (shape.M == 0) return {y, mean, rstd};
-  if (shape.N == 0) {
-    // Nothing to normalize; the statistics of an empty row are never read.
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {y, mean, rstd};
-  }
-  RowNormFwdParams p{};
-  p.x = x.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.bias = data_or_null(bias);
-  p.y = y.mutable_data_ptr();
-  p.mean = rms ? nullptr : mean.mutable_data_ptr();
-  p.rstd = rstd.mutable_data_ptr();
-  p.M = shape.M;
-  p.N = shape.N;
-  p.eps = eps;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype_of(x, weight, bias);
-  p.rms = rms;
-  backend.fwd(p);
-  return {y, mean, rstd};
+  RowNormFwdCall call = prepare_row_norm_fwd(shape, rms, x, weight, bias, eps, x.scalar_type());
+  if (call.runs_kernel) backend.fwd(call.params);
+  return {call.y, call.mean, call.rstd};
 }
 
 // The backward of both ops: dx, dweight, dbias (empty [0] tensors where not wanted).
@@ -297,38 +316,18 @@ Tensor4 add_norm_fwd(const RowNormBackend& backend, const at::Tensor& input,
   const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
   const std::optional<at::Tensor> bias = contiguous_or_none(bias_in);
   const at::Tensor seed = options.dropout_p > 0 ? options.dropout_seed->contiguous() : at::Tensor();
-  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype));
   at::Tensor sum = at::empty(write_sum ? x.sizes() : at::IntArrayRef{0},
                              x.options().dtype(residual_dtype));
-  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
-  at::Tensor mean = at::empty({rms ? 0 : shape.M}, stats_options);
-  at::Tensor rstd = at::empty({shape.M}, stats_options);
-  if (shape.M == 0) return {y, sum, mean, rstd};
-  if (shape.N == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {y, sum, mean, rstd};
+  RowNormFwdCall call = prepare_row_norm_fwd(shape, rms, x, weight, bias, eps, out_dtype);
+  if (call.runs_kernel) {
+    RowNormFwdParams& p = call.params;
+    p.zero_centered = options.zero_centered_weight;
+    p.prologue = prologue_of(options, seed, residual_dtype);
+    p.prologue.residual = data_or_null(residual);
+    p.sum_out = write_sum ? sum.mutable_data_ptr() : nullptr;
+    backend.fwd(p);
   }
-  RowNormFwdParams p{};
-  p.x = x.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.bias = data_or_null(bias);
-  p.y = y.mutable_data_ptr();
-  p.mean = rms ? nullptr : mean.mutable_data_ptr();
-  p.rstd = rstd.mutable_data_ptr();
-  p.M = shape.M;
-  p.N = shape.N;
-  p.eps = eps;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype_of(x, weight, bias);
-  p.rms = rms;
-  p.zero_centered = options.zero_centered_weight;
-  p.prologue = prologue_of(options, seed, residual_dtype);
-  p.prologue.residual = data_or_null(residual);
-  p.sum_out = write_sum ? sum.mutable_data_ptr() : nullptr;
-  p.y_dtype = to_dtype(out_dtype);
-  backend.fwd(p);
-  return {y, sum, mean, rstd};
+  return {call.y, sum, call.mean, call.rstd};
 }
 
 Tensor4 add_norm_bwd(const RowNormBackend& backend, const at::Tensor& grad_out,

@@ -167,6 +167,18 @@ __device__ __forceinline__ void load_params(const void* p, DType dtype, int64_t 
   for (int k = 0; k < kChunk; ++k) v[k] += offset;
 }
 
+// Calls f(it, col, count) for each chunk of a row this thread owns: chunk c = threadIdx.x + it *
+// blockDim.x (it < kIters) at column col = 4c, with count elements, when it lies within the row.
+template <int kIters, typename F>
+__device__ __forceinline__ void for_my_chunks(int64_t N, F&& f) {
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
+    if (c < chunks) f(it, c * kChunk, chunk_count(N, c * kChunk));
+  }
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 template <typename Acc, bool kRms, int kIters>
@@ -176,19 +188,11 @@ __global__ void __launch_bounds__(1024) fused_row_norm_fwd_kernel(const FusedFwd
       DropoutMask::make(a.pro.dropout_p > 0 ? static_cast<uint64_t>(*a.pro.dropout_seed) : 0,
                         a.pro.dropout_p);
   const Acc alpha = static_cast<Acc>(a.pro.alpha);
-  const int64_t chunks = (a.N + kChunk - 1) / kChunk;
   for (int64_t row = blockIdx.x; row < a.M; row += gridDim.x) {
     const int64_t base = row * a.N;
     Acc h[kIters][kChunk];
     Acc sum[1] = {Acc(0)};
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k) h[it][k] = Acc(0);
-      if (c >= chunks) continue;
-      const int64_t col = c * kChunk;
-      const int count = chunk_count(a.N, col);
+    for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
       load_chunk(a.x, a.x_dtype, base + col, count, a.vec, h[it]);
       if (a.pro.dropout_p > 0) {
         Acc m[kChunk];
@@ -208,7 +212,7 @@ __global__ void __launch_bounds__(1024) fused_row_norm_fwd_kernel(const FusedFwd
         sum[0] += h[it][k];
       }
       if (a.sum_out) store_chunk(a.sum_out, a.pro.residual_dtype, base + col, count, a.vec, h[it]);
-    }
+    });
     // Scalar math: mean = sum(h) / N; var = sum((h - mean)^2) / N, two passes over registers.
     Acc mean = Acc(0);
     if constexpr (!kRms) {
@@ -216,17 +220,13 @@ __global__ void __launch_bounds__(1024) fused_row_norm_fwd_kernel(const FusedFwd
       mean = sum[0] / Acc(a.N);
     }
     Acc sq[1] = {Acc(0)};
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-      if (c >= chunks) continue;
-      const int count = chunk_count(a.N, c * kChunk);
+    for_my_chunks<kIters>(a.N, [&](int it, int64_t, int count) {
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
         const Acc d = h[it][k] - mean;
         if (k < count) sq[0] += d * d;
       }
-    }
+    });
     block_sum<1>(sq, scratch[1]);
     const Acc rstd = rsqrt_op(sq[0] / Acc(a.N) + static_cast<Acc>(a.eps));
     if (threadIdx.x == 0) {
@@ -234,19 +234,14 @@ __global__ void __launch_bounds__(1024) fused_row_norm_fwd_kernel(const FusedFwd
       static_cast<Acc*>(a.rstd)[row] = rstd;
     }
     // Scalar math: y = (h - mean) * rstd * w + b.
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-      if (c >= chunks) continue;
-      const int64_t col = c * kChunk;
-      const int count = chunk_count(a.N, col);
+    for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
       Acc w[kChunk], b[kChunk];
       load_params(a.weight, a.param_dtype, col, count, w, Acc(1), a.zero_centered ? Acc(1) : Acc(0));
       load_params(a.bias, a.param_dtype, col, count, b, Acc(0), Acc(0));
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) h[it][k] = (h[it][k] - mean) * rstd * w[k] + b[k];
       store_chunk(a.y, a.y_dtype, base + col, count, a.vec, h[it]);
-    }
+    });
     // The next row's block_sum calls reuse the scratch this row's calls read.
     __syncthreads();
   }
@@ -265,7 +260,6 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
                         a.pro.dropout_p);
   const Acc alpha = static_cast<Acc>(a.pro.alpha);
   const DType saved_dtype = a.from_output ? a.y_dtype : a.pro.residual_dtype;
-  const int64_t chunks = (a.N + kChunk - 1) / kChunk;
   const Acc inv_n = Acc(1) / Acc(a.N);
   Acc dw_acc[kIters][kChunk], db_acc[kIters][kChunk];
 #pragma unroll
@@ -279,14 +273,7 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
     const Acc mean = (kRms || a.from_output) ? Acc(0) : static_cast<const Acc*>(a.mean)[row];
     Acc xhat[kIters][kChunk], dy[kIters][kChunk];
     Acc sums[2] = {Acc(0), Acc(0)};  // sum(g), sum(g * xhat)
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k) xhat[it][k] = dy[it][k] = Acc(0);
-      if (c >= chunks) continue;
-      const int64_t col = c * kChunk;
-      const int count = chunk_count(a.N, col);
+    for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
       Acc w[kChunk];
       load_params(a.weight, a.param_dtype, col, count, w, Acc(1), a.zero_centered ? Acc(1) : Acc(0));
       load_chunk(a.saved, saved_dtype, base + col, count, a.vec, xhat[it]);
@@ -308,17 +295,12 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
         dw_acc[it][k] += dy[it][k] * xhat[it][k];
         db_acc[it][k] += dy[it][k];
       }
-    }
+    });
     block_sum<2>(sums, scratch);
     const Acc c1 = kRms ? Acc(0) : sums[0] * inv_n;
     const Acc c2 = sums[1] * inv_n;
     if (a.dx || a.dresidual) {
-#pragma unroll
-      for (int it = 0; it < kIters; ++it) {
-        const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-        if (c >= chunks) continue;
-        const int64_t col = c * kChunk;
-        const int count = chunk_count(a.N, col);
+      for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
         Acc w[kChunk], dh[kChunk], extra[kChunk];
         load_params(a.weight, a.param_dtype, col, count, w, Acc(1), a.zero_centered ? Acc(1) : Acc(0));
 #pragma unroll
@@ -341,7 +323,7 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
           }
           store_chunk(a.dx, a.x_dtype, base + col, count, a.vec, dh);
         }
-      }
+      });
     }
     // block_sum's scratch is reused by the next row: its reads must be done first.
     __syncthreads();
@@ -349,16 +331,12 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
   if (a.ws == nullptr) return;
   // This block's partial row of the workspace: [2][N], dweight sums then dbias sums.
   Acc* ws = static_cast<Acc*>(a.ws) + int64_t(blockIdx.x) * 2 * a.N;
-#pragma unroll
-  for (int it = 0; it < kIters; ++it) {
-    const int64_t c = threadIdx.x + int64_t(it) * blockDim.x;
-    if (c >= chunks) continue;
-    const int64_t col = c * kChunk;
-    for (int k = 0; k < kChunk && col + k < a.N; ++k) {
+  for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
+    for (int k = 0; k < count; ++k) {
       ws[col + k] = dw_acc[it][k];
       ws[a.N + col + k] = db_acc[it][k];
     }
-  }
+  });
 }
 
 // ---- launch -------------------------------------------------------------------------------------
