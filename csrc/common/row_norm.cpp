@@ -75,6 +75,18 @@ RowShape check_row_norm_args(const char* op, bool rms, const at::Tensor& input,
   return {M, N};
 }
 
+// A statistic the backward was given: M values in the opmath dtype of the input's dtype, on the
+// input's device, as the forward returned them.
+void check_saved_stats(const char* op, const char* name, const at::Tensor& t,
+                       const at::Tensor& like, int64_t M, at::ScalarType input_dtype) {
+  check_same_device(like, t);
+  const at::ScalarType stats = stats_dtype(input_dtype);
+  TORCH_CHECK(t.numel() == M && t.scalar_type() == stats,
+              message(op, ": expected ", name, " with ", M, " elements of dtype ", stats,
+                      " (as returned by the forward), but got ", t.numel(),
+                      " elements of dtype ", t.scalar_type()));
+}
+
 // The outputs of a row-norm forward (y in y_dtype, mean, rstd) and the params pointing the
 // kernels at them. An empty problem is answered here: runs_kernel is then false.
 struct RowNormFwdCall {
@@ -140,16 +152,8 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
                      const std::optional<at::Tensor>& bias_in, std::array<bool, 3> output_mask) {
   const RowShape shape = check_row_norm_args(op, rms, input, normalized_shape, weight_in, bias_in);
   check_grad_out(op, grad_out, input.sizes(), input);
-  const at::ScalarType stats = stats_dtype(input.scalar_type());
-  auto check_stats = [&](const char* name, const at::Tensor& t) {
-    check_same_device(input, t);
-    TORCH_CHECK(t.numel() == shape.M && t.scalar_type() == stats,
-                message(op, ": expected ", name, " with ", shape.M, " elements of dtype ", stats,
-                        " (as returned by the forward), but got ", t.numel(),
-                        " elements of dtype ", t.scalar_type()));
-  };
-  check_stats("rstd", rstd_in);
-  if (!rms) check_stats("mean", *mean_in);
+  check_saved_stats(op, "rstd", rstd_in, input, shape.M, input.scalar_type());
+  if (!rms) check_saved_stats(op, "mean", *mean_in, input, shape.M, input.scalar_type());
 
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
@@ -271,7 +275,8 @@ void check_dropout(const char* op, const AddNormOptions& o, const at::Tensor& in
   check_same_device(input, *o.dropout_seed);
 }
 
-RowPrologue prologue_of(const AddNormOptions& o, const at::Tensor& seed, at::ScalarType residual_dtype) {
+RowPrologue prologue_of(const AddNormOptions& o, const at::Tensor& seed,
+                        at::ScalarType residual_dtype) {
   RowPrologue pro;
   pro.fused = true;
   pro.alpha = o.alpha;
@@ -361,16 +366,10 @@ Tensor4 add_norm_bwd(const RowNormBackend& backend, const at::Tensor& grad_out,
                         grad_sum_in->scalar_type()));
   }
   check_dropout(op, options, saved_in);
-  const at::ScalarType stats = stats_dtype(input_dtype);
-  auto check_stats = [&](const char* name, const at::Tensor& t) {
-    check_same_device(saved_in, t);
-    TORCH_CHECK(t.numel() == shape.M && t.scalar_type() == stats,
-                message(op, ": expected ", name, " with ", shape.M, " elements of dtype ", stats,
-                        " (as returned by the forward), but got ", t.numel(),
-                        " elements of dtype ", t.scalar_type()));
-  };
-  check_stats("rstd", rstd_in);
-  if (!rms && !saved_is_output) check_stats("mean", mean_in);
+  check_saved_stats(op, "rstd", rstd_in, saved_in, shape.M, input_dtype);
+  if (!rms && !saved_is_output) {
+    check_saved_stats(op, "mean", mean_in, saved_in, shape.M, input_dtype);
+  }
 
   c10::DeviceGuard device_guard(saved_in.device());
   const at::Tensor saved = saved_in.contiguous();
