@@ -150,7 +150,7 @@ void column_norm_bwd_elemt_typed(const ColumnNormBwdElemtParams& p) {
   // Scalar math: dx = g * g_scale - ((x - mean) * xmu_scale + g_shift)   (training)
   //              dx = g * g_scale                                         (eval)
   column_elementwise<T, kCoefs>(
-      p.shape, coefs, [&](int64_t i, auto count, const AccVec (&k)[kCoefs][C::kParts]) {
+      p.shape, coefs, [dy, x, y, dx](int64_t i, auto count, const AccVec (&k)[kCoefs][C::kParts]) {
         AccVec g[C::kParts];
         C::load(dy + i, g, count);
         if constexpr (kReluMask) {

@@ -135,6 +135,22 @@ struct ColumnReducePlan {
   }
 };
 
+// Per-column copies of kN per-channel arrays for a row of row_len columns (a multiple of C * B,
+// column j holding channel (j % (C * B)) / B), each copy padded with zeros to padded_len: run by
+// run of B columns, since a division per column costs more than the rest of a short reduction.
+template <typename acc_t, typename ValueF>
+std::vector<acc_t> channel_values_by_column(int kN, int64_t row_len, int64_t padded_len,
+                                            int64_t C, int64_t B, ValueF&& value_of) {
+  std::vector<acc_t> columns(kN * padded_len, acc_t(0));
+  for (int n = 0; n < kN; ++n) {
+    acc_t* out = columns.data() + n * padded_len;
+    for (int64_t j = 0, c = 0; j < row_len; j += B, c = c + 1 == C ? 0 : c + 1) {
+      std::fill(out + j, out + std::min(row_len, j + B), value_of(n, c));
+    }
+  }
+  return columns;
+}
+
 // Reduces the [A, C, B] array described by `s` and the functor, and calls finish(c, state) once
 // per channel with the merged state.
 //   add_chunk(i, count, param, sum1, sum2): adds the chunk of `count` elements at flat index i
@@ -230,18 +246,15 @@ C10_ALWAYS_INLINE void column_reduce(
     const int64_t col_chunks = (row_len + kVec - 1) / kVec;
     // Per-column copies of the channel parameters, each padded to whole chunks.
     const int64_t padded_len = col_chunks * kVec;
-    std::vector<acc_t> column_params(kParams * padded_len);
-    for (int n = 0; n < kParams; ++n) {
-      for (int64_t j = 0; j < row_len; ++j) {
-        column_params[n * padded_len + j] = param_of(n, (j % CB) / B);
-      }
-    }
+    const std::vector<acc_t> column_params =
+        channel_values_by_column<acc_t>(kParams, row_len, padded_len, s.C, B, param_of);
     const acc_t* col_param = column_params.data();
     // A column tile: kTileChunks chunks side by side, their sums held in registers over the rows
-    // of a sub-block (each sum its own chain). Wider tiles mean fewer passes over a sub-block:
-    // the tile's parameters and two sums fill 24 of AVX-512's 32 registers (8 vectors with one
-    // parameter), 12 of AVX2's 16.
-    constexpr int kTileRegisters = Vectorized<float>::size() >= 16 ? 24 : 12;
+    // of a sub-block (each sum its own chain). Wider tiles mean fewer passes over a sub-block,
+    // but the tile's parameters and two sums get half of the registers (16 of AVX-512's 32, 8 of
+    // AVX2's 16): the functor's loads and temporaries need the rest, and with more the compiler
+    // kept the sums on the stack (the backward's two loads per chunk).
+    constexpr int kTileRegisters = Vectorized<float>::size() >= 16 ? 16 : 8;
     constexpr int kTileVectors = std::max(1, kTileRegisters / (kParams + 2));
     constexpr int kTileChunks = std::max(1, kTileVectors / kParts);
 
@@ -381,7 +394,8 @@ auto shifted_sums_of(const T* x) {
 // channel gets its coefficients broadcast; by rows, each column gets its channel's coefficients
 // from a row-long copy, so channels_last input is vectorised across channels.
 //   apply_chunk(i, count, k): the chunk of `count` elements at flat index i (count as in
-//     column_reduce), k[n][part] holding coefficient n of each lane.
+//     column_reduce), k[n][part] holding coefficient n of each lane. It should capture its
+//     pointers by value: a captured reference is reloaded after every vector store.
 // Always inlined for the same reason as column_reduce.
 template <typename T, int kCoefs, typename ChunkF>
 C10_ALWAYS_INLINE void column_elementwise(
@@ -396,10 +410,11 @@ C10_ALWAYS_INLINE void column_elementwise(
   constexpr int kParts = C::kParts;
   // Planes of a vector or more: an elementwise pass walks memory in order either way.
   const ColumnLayout layout(s, kVec, kVec);
-  const int64_t total = s.A * s.C * s.B, B = s.B, CB = s.C * s.B;
+  const int64_t total = s.A * s.C * s.B, B = s.B;
 
   if (!layout.by_rows) {
     at::parallel_for(0, total, kMinPieceElements, [&](int64_t begin, int64_t end) {
+      auto apply_local = apply_chunk;  // a local copy, as by rows below
       int64_t plane = begin / B, c = plane % s.C;
       for (int64_t i = begin; i < end; ++plane, c = c + 1 == s.C ? 0 : c + 1) {
         const int64_t run_end = std::min(end, (plane + 1) * B);
@@ -407,9 +422,9 @@ C10_ALWAYS_INLINE void column_elementwise(
         for (int n = 0; n < kCoefs; ++n) {
           for (int part = 0; part < kParts; ++part) k[n][part] = AccVec(coefs[n][c]);
         }
-        for (; i + kVec <= run_end; i += kVec) apply_chunk(i, Full(), k);
+        for (; i + kVec <= run_end; i += kVec) apply_local(i, Full(), k);
         if (i < run_end) {
-          apply_chunk(i, run_end - i, k);
+          apply_local(i, run_end - i, k);
           i = run_end;
         }
       }
@@ -420,12 +435,8 @@ C10_ALWAYS_INLINE void column_elementwise(
   const int64_t row_len = layout.row_len;
   // Per-column copies of the coefficients, each padded to whole chunks.
   const int64_t padded_len = (row_len + kVec - 1) / kVec * kVec;
-  std::vector<acc_t> column_coefs(kCoefs * padded_len);
-  for (int n = 0; n < kCoefs; ++n) {
-    for (int64_t j = 0; j < row_len; ++j) {
-      column_coefs[n * padded_len + j] = coefs[n][(j % CB) / B];
-    }
-  }
+  const std::vector<acc_t> column_coefs = channel_values_by_column<acc_t>(
+      kCoefs, row_len, padded_len, s.C, B, [&](int n, int64_t c) { return coefs[n][c]; });
   const acc_t* col_k = column_coefs.data();
   const int64_t rows = (total + row_len - 1) / row_len;  // the last one may be partial
   at::parallel_for(0, rows, std::max<int64_t>(1, kMinPieceElements / row_len),

@@ -39,24 +39,41 @@ inline int64_t group_norm_splits(int64_t rows, int64_t D, int64_t L, int paralle
 }
 
 // Two sums over a run of `len` elements, add_chunk(i, count, s1, s2) adding each chunk (count as
-// in for_each_chunk) into two vector sums: row_sums over the whole chunks (chains, double
-// flushes), plus the masked final chunk.
+// in for_each_chunk) into two vector sums, returned as two vectors whose lanes add up to the
+// sums (lane_sums then reduces many runs' vectors at once). A run of up to kBlock elements stays
+// in the vectors (kChains chains, then the masked final chunk); a longer one is summed in double
+// by row_sums, its totals returned in lane 0, so that its rounding does not grow with its length.
 template <typename C, typename ChunkF>
-C10_ALWAYS_INLINE std::pair<double, double> run_sums(int64_t len, ChunkF&& add_chunk) {
+C10_ALWAYS_INLINE std::pair<typename C::AccVec, typename C::AccVec> run_sums(int64_t len,
+                                                                          ChunkF&& add_chunk) {
   using AccVec = typename C::AccVec;
+  using acc_t = typename C::acc_t;
   const int64_t len_vec = len - len % C::kSize;
-  auto [sum1, sum2] = row_sums<C>(
-      len_vec,
-      [&](int64_t i, AccVec& s1, AccVec& s2) { add_chunk(i, typename C::Full(), s1, s2); },
-      // len_vec is a whole number of chunks: row_sums has no single elements left to add.
-      [](int64_t, double&, double&) {});
-  if (len_vec < len) {
-    AccVec tail1[1] = {AccVec(0)}, tail2[1] = {AccVec(0)};
-    add_chunk(len_vec, len - len_vec, tail1[0], tail2[0]);
-    sum1 += horizontal_sum(tail1);
-    sum2 += horizontal_sum(tail2);
+  AccVec s1[kChains], s2[kChains];
+  for (int c = 0; c < kChains; ++c) s1[c] = s2[c] = AccVec(0);
+  if (len_vec < len) add_chunk(len_vec, len - len_vec, s1[0], s2[0]);
+  if (len > kBlock) {
+    auto [sum1, sum2] = row_sums<C>(
+        len_vec,
+        [&](int64_t i, AccVec& sum1, AccVec& sum2) { add_chunk(i, typename C::Full(), sum1, sum2); },
+        // len_vec is a whole number of chunks: row_sums has no single elements left to add.
+        [](int64_t, double&, double&) {});
+    sum1 += horizontal_sum(s1);
+    sum2 += horizontal_sum(s2);
+    const AccVec zero(0);
+    return {AccVec::set(zero, AccVec(static_cast<acc_t>(sum1)), 1),
+            AccVec::set(zero, AccVec(static_cast<acc_t>(sum2)), 1)};
   }
-  return {sum1, sum2};
+  int64_t i = 0;
+  for (; i + kChains * C::kSize <= len_vec; i += kChains * C::kSize) {
+    for (int c = 0; c < kChains; ++c) add_chunk(i + c * C::kSize, typename C::Full(), s1[c], s2[c]);
+  }
+  for (; i < len_vec; i += C::kSize) add_chunk(i, typename C::Full(), s1[0], s2[0]);
+  for (int c = 1; c < kChains; ++c) {
+    s1[0] = s1[0] + s1[c];
+    s2[0] = s2[0] + s2[c];
+  }
+  return {s1[0], s2[0]};
 }
 
 template <typename T, Activation kAct>
@@ -218,47 +235,75 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
   const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, p.C, 0);
   const int64_t splits = group_norm_splits(rows, D, L, p.parallelism);
   auto channel_begin = [&](int64_t piece) { return D * piece / splits; };
+  // Rows walked together when they are short and have fewer channels than a vector has lanes.
+  const int64_t rows_per_walk =
+      HW <= kBlock ? std::max<int64_t>(1, AccVec::size() / D) : 1;
   constexpr bool kTranscendental = kAct != Activation::kNone && kAct != Activation::kRelu;
-  const bool cache_dz =
-      kTranscendental && dx && splits == 1 && (L + C::kSize) * sizeof(acc_t) <= kDzCacheBytes;
+  const bool cache_dz = kTranscendental && dx && splits == 1 &&
+                        (rows_per_walk * L + C::kSize) * sizeof(acc_t) <= kDzCacheBytes;
 
   // z of one chunk, recomputed from x: (x - mean) * scale + b[c], xmu = x - mean.
   auto z_of = [](const AccVec& xmu, const AccVec& scale, const AccVec& shift) {
     return at::vec::fmadd(xmu, scale, shift);
   };
-  // Walk 1 over channels [c_begin, c_end) of the row. Scalar math: dz = dy * act'(z);
+  // Walk 1 over channels [q_begin, q_end) of the whole array, channel q = n * C + c of sample n
+  // (its run of HW elements at q * HW, in row q / D). Scalar math: dz = dy * act'(z);
   // channel_sums[n, c] = sum_hw dz * xhat, channel_sums[n, C + c] = sum_hw dz;
-  // dz_cache (when given) gets dz at the element's offset from channel c_begin.
-  auto channel_walk = [&](int64_t row, int64_t c_begin, int64_t c_end, acc_t* dz_cache) {
-    const int64_t n = row / G;
-    const acc_t mean = mean_in[row], rstd = rstd_in[row];
-    const AccVec mean_vec(mean);
-    for (int64_t cl = c_begin; cl < c_end; ++cl) {
-      const int64_t c = (row % G) * D + cl;
-      const AccVec scale(rstd * weight[c]), shift(bias[c]);
-      const T* xc = x + row * L + cl * HW;
-      const T* dyc = dy + row * L + cl * HW;
-      acc_t* dz_c = dz_cache ? dz_cache + (cl - c_begin) * HW : nullptr;
-      const auto [dz_xmu_sum, dz_sum] =
-          run_sums<C>(HW, [&](int64_t i, auto count, AccVec& dz_xmu_acc, AccVec& dz_acc) {
-            AccVec xv[C::kParts], dz[C::kParts];
-            C::load(xc + i, xv, count);
-            C::load(dyc + i, dz, count);
-            for (int k = 0; k < C::kParts; ++k) {
-              xv[k] = xv[k] - mean_vec;
-              dz[k] = Act::grad(z_of(xv[k], scale, shift), dz[k]);
-            }
-            // The lanes past a partial chunk load dy = 0, but act'(z) of their made-up z need
-            // not be finite.
-            C::zero_tail(dz, count);
-            for (int k = 0; k < C::kParts; ++k) {
-              if (dz_c) dz[k].store(dz_c + i + k * AccVec::size());
-              dz_xmu_acc = at::vec::fmadd(dz[k], xv[k], dz_xmu_acc);
-              dz_acc = dz_acc + dz[k];
-            }
-          });
-      channel_sums[n * 2 * p.C + c] = static_cast<acc_t>(dz_xmu_sum * rstd);
-      channel_sums[n * 2 * p.C + p.C + c] = static_cast<acc_t>(dz_sum);
+  // dz_cache (when given) gets dz at the element's offset from channel q_begin.
+  // The channels go kW at a time, each run's two sums left in vectors and the kW of them reduced
+  // together by lane_sums: with short runs (8x8 planes) a horizontal sum per run would cost as
+  // much as the run.
+  auto channel_walk = [&](int64_t q_begin, int64_t q_end, acc_t* dz_cache) {
+    constexpr int kW = AccVec::size();
+    for (int64_t q0 = q_begin; q0 < q_end; q0 += kW) {
+      const int batch = static_cast<int>(std::min<int64_t>(kW, q_end - q0));
+      AccVec dz_xmu_sums[kW], dz_sums[kW];
+      for (int b = batch; b < kW; ++b) dz_xmu_sums[b] = dz_sums[b] = AccVec(0);
+      // Channel c of row `row`, its cl-th; stepped along (a division per channel would cost
+      // about as much as a short run).
+      int64_t c = q0 % p.C, row = q0 / D, cl = q0 % D;
+      for (int b = 0; b < batch; ++b) {
+        const int64_t q = q0 + b;
+        const AccVec mean_vec(mean_in[row]);
+        const AccVec scale(rstd_in[row] * weight[c]), shift(bias[c]);
+        const T* xc = x + q * HW;
+        const T* dyc = dy + q * HW;
+        acc_t* dz_c = dz_cache ? dz_cache + (q - q_begin) * HW : nullptr;
+        std::tie(dz_xmu_sums[b], dz_sums[b]) =
+            run_sums<C>(HW, [&](int64_t i, auto count, AccVec& dz_xmu_acc, AccVec& dz_acc) {
+              AccVec xv[C::kParts], dz[C::kParts];
+              C::load(xc + i, xv, count);
+              C::load(dyc + i, dz, count);
+              for (int k = 0; k < C::kParts; ++k) {
+                xv[k] = xv[k] - mean_vec;
+                dz[k] = Act::grad(z_of(xv[k], scale, shift), dz[k]);
+              }
+              // The lanes past a partial chunk load dy = 0, but act'(z) of their made-up z need
+              // not be finite.
+              C::zero_tail(dz, count);
+              for (int k = 0; k < C::kParts; ++k) {
+                if (dz_c) dz[k].store(dz_c + i + k * AccVec::size());
+                dz_xmu_acc = at::vec::fmadd(dz[k], xv[k], dz_xmu_acc);
+                dz_acc = dz_acc + dz[k];
+              }
+            });
+        dz_xmu_sums[b] = dz_xmu_sums[b] * AccVec(rstd_in[row]);
+        c = c + 1 == p.C ? 0 : c + 1;
+        if (++cl == D) {
+          cl = 0;
+          ++row;
+        }
+      }
+      acc_t dz_xmu_out[kW], dz_out[kW];
+      lane_sums(dz_xmu_sums).store(dz_xmu_out);
+      lane_sums(dz_sums).store(dz_out);
+      // channel_sums [N, 2C]: channel q's two sums at n * 2C + c and n * 2C + C + c, that is at
+      // q + n * C and q + (n + 1) * C.
+      for (int64_t b = 0, q = q0, n = q0 / p.C; b < batch; ++b, ++q) {
+        if (q == (n + 1) * p.C) ++n;
+        channel_sums[q + n * p.C] = dz_xmu_out[b];
+        channel_sums[q + (n + 1) * p.C] = dz_out[b];
+      }
     }
   };
   // Walk 2 over channels [c_begin, c_end) of the row. Scalar math, with the group means
@@ -298,20 +343,26 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
   };
 
   if (splits == 1) {
-    // Both walks of a row back to back, the second reading the row from cache.
+    // Both walks of a few rows back to back, the second reading them from cache: a row, or
+    // enough rows of few channels (InstanceNorm) to fill walk 1's batches.
     at::parallel_for(0, rows, row_grain(L), [&](int64_t row_begin, int64_t row_end) {
-      std::vector<acc_t> dz_cache(cache_dz ? L + C::kSize : 0);
-      for (int64_t row = row_begin; row < row_end; ++row) {
-        channel_walk(row, 0, D, cache_dz ? dz_cache.data() : nullptr);
-        if (dx) dx_walk(row, 0, D, cache_dz ? dz_cache.data() : nullptr);
+      std::vector<acc_t> dz_cache(cache_dz ? rows_per_walk * L + C::kSize : 0);
+      for (int64_t row = row_begin; row < row_end; row += rows_per_walk) {
+        const int64_t walk_end = std::min(row_end, row + rows_per_walk);
+        acc_t* cache = cache_dz ? dz_cache.data() : nullptr;
+        channel_walk(row * D, walk_end * D, cache);
+        if (!dx) continue;
+        for (int64_t r = row; r < walk_end; ++r) {
+          dx_walk(r, 0, D, cache ? cache + (r - row) * L : nullptr);
+        }
       }
     });
   } else {
     // Each walk over all pieces: the second needs the whole row's channel sums.
     at::parallel_for(0, rows * splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t piece = begin; piece < end; ++piece) {
-        const int64_t s = piece % splits;
-        channel_walk(piece / splits, channel_begin(s), channel_begin(s + 1), nullptr);
+        const int64_t row = piece / splits, s = piece % splits;
+        channel_walk(row * D + channel_begin(s), row * D + channel_begin(s + 1), nullptr);
       }
     });
     if (dx) {
@@ -444,10 +495,12 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
     for (int q = 0; q < kParams; ++q) params[q] = coefs[q].data();
     // xv = x - mean and dz = dy * act'(z) of the chunk at i, k[0..2] (kParams of them used) the
     // coefficients above.
-    auto load_xmu_dz = [&](int64_t i, auto count, const auto& k, AccVec (&xv)[C::kParts],
+    // Captures by value, as every functor of column_elementwise: see there.
+    auto load_xmu_dz = [xn = x + offset, dyn = dy + offset](
+                           int64_t i, auto count, const auto& k, AccVec (&xv)[C::kParts],
                            AccVec (&dz)[C::kParts]) {
-      C::load(x + offset + i, xv, count);
-      C::load(dy + offset + i, dz, count);
+      C::load(xn + i, xv, count);
+      C::load(dyn + i, dz, count);
       for (int part = 0; part < C::kParts; ++part) {
         xv[part] = xv[part] - k[0][part];
         if constexpr (kAct != Activation::kNone) {
@@ -485,14 +538,15 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
     }
     // Scalar math: dx = dz * scale + xmu * xmu_coef + dx_shift
     column_elementwise<T, 5>(sample, coefs,
-                             [&](int64_t i, auto count, const AccVec (&k)[5][C::kParts]) {
+                             [load_xmu_dz, dxn = dx + offset](int64_t i, auto count,
+                                                              const AccVec (&k)[5][C::kParts]) {
       AccVec xv[C::kParts], dz[C::kParts];
       load_xmu_dz(i, count, k, xv, dz);
       for (int part = 0; part < C::kParts; ++part) {
         xv[part] = at::vec::fmadd(dz[part], k[1][part],
                                   at::vec::fmadd(xv[part], k[3][part], k[4][part]));
       }
-      C::store(dx + offset + i, xv, count);
+      C::store(dxn + i, xv, count);
     });
   });
   group_norm_param_grads<acc_t>(p);

@@ -87,6 +87,21 @@ double horizontal_sum(const Vectorized<acc_t> (&vectors)[kN]) {
       [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, total);
 }
 
+// Lane j of the result: the sum of all lanes of vectors[j], for kW = Vectorized<acc_t>::size()
+// vectors (overwritten). A pairwise tree, each level's deinterleave2 and add halving the vectors
+// while keeping their order: about 3 operations per vector, where a horizontal sum per vector
+// costs 2 log2(kW). For the sums of many short runs (one per vector).
+template <typename acc_t>
+Vectorized<acc_t> lane_sums(Vectorized<acc_t>* vectors) {
+  for (int n = Vectorized<acc_t>::size(); n > 1; n /= 2) {
+    for (int j = 0; j < n / 2; ++j) {
+      const auto [even, odd] = at::vec::deinterleave2(vectors[2 * j], vectors[2 * j + 1]);
+      vectors[j] = even + odd;
+    }
+  }
+  return vectors[0];
+}
+
 template <typename acc_t>
 std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
   std::vector<acc_t> out(N);
