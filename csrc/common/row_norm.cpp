@@ -144,6 +144,64 @@ Tensor3 row_norm_fwd(const RowNormBackend& backend, const char* op, bool rms,
   return {call.y, call.mean, call.rstd};
 }
 
+// The outputs of a row-norm backward (dx in x_dtype, dweight, dbias: empty [0] tensors where
+// not wanted) and the params pointing the kernels at them, for the plain and the fused ops. x is
+// the tensor the backward reads (the fused ops' saved sum or output, whose dtype may differ from
+// the input's x_dtype). An empty problem is answered here: runs_kernel is then false.
+struct RowNormBwdCall {
+  at::Tensor dx, dweight, dbias;
+  RowNormBwdParams params{};
+  bool runs_kernel = false;
+};
+
+RowNormBwdCall prepare_row_norm_bwd(const RowNormBackend& backend, const RowShape& shape,
+                                    bool rms, const at::Tensor& dy, const at::Tensor& x,
+                                    at::ScalarType x_dtype, const at::Tensor& mean,
+                                    const at::Tensor& rstd,
+                                    const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    std::array<bool, 3> output_mask) {
+  RowNormBwdCall call;
+  const bool want_dweight = output_mask[1] && defined(weight);
+  const bool want_dbias = output_mask[2] && defined(bias);
+  // Each unwanted output is its own empty tensor: outputs of an op must not alias each other.
+  auto unwanted = [&] { return at::empty({0}, x.options()); };
+  call.dx = output_mask[0] ? at::empty(x.sizes(), x.options().dtype(x_dtype)) : unwanted();
+  call.dweight = want_dweight ? at::empty(weight->sizes(), weight->options()) : unwanted();
+  call.dbias = want_dbias ? at::empty(bias->sizes(), bias->options()) : unwanted();
+  if (shape.N == 0) return call;
+  if (shape.M == 0) {
+    // Sums over no rows.
+    if (want_dweight) call.dweight.zero_();
+    if (want_dbias) call.dbias.zero_();
+    return call;
+  }
+  RowNormBwdParams& p = call.params;
+  p.dy = dy.const_data_ptr();
+  p.x = x.const_data_ptr();
+  p.mean = mean.defined() ? mean.const_data_ptr() : nullptr;
+  p.rstd = rstd.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.dx = output_mask[0] ? call.dx.mutable_data_ptr() : nullptr;
+  p.dweight = want_dweight ? call.dweight.mutable_data_ptr() : nullptr;
+  p.dbias = want_dbias ? call.dbias.mutable_data_ptr() : nullptr;
+  p.M = shape.M;
+  p.N = shape.N;
+  p.x_dtype = to_dtype(x_dtype);
+  p.param_dtype = param_dtype_of(x_dtype, weight, bias);
+  p.rms = rms;
+  p.sm_count = backend.parallelism(x);
+  call.runs_kernel = true;
+  return call;
+}
+
+// Runs a prepared backward, with the workspace its final params need.
+void run_row_norm_bwd(const RowNormBackend& backend, RowNormBwdParams& p, const at::Tensor& like) {
+  const at::Tensor workspace = workspace_for(like, backend.bwd_workspace_bytes(p));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
+  backend.bwd(p);
+}
+
 // The backward of both ops: dx, dweight, dbias (empty [0] tensors where not wanted).
 Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
                      const at::Tensor& grad_out, const at::Tensor& input,
@@ -161,42 +219,10 @@ Tensor3 row_norm_bwd(const RowNormBackend& backend, const char* op, bool rms,
   const std::optional<at::Tensor> weight = contiguous_or_none(weight_in);
   const at::Tensor rstd = rstd_in.contiguous();
   const at::Tensor mean = rms ? at::Tensor() : mean_in->contiguous();
-  const bool has_weight = weight.has_value(), has_bias = bias_in && bias_in->defined();
-
-  const bool want_dweight = output_mask[1] && has_weight;
-  const bool want_dbias = output_mask[2] && has_bias;
-  // Each unwanted output is its own empty tensor: outputs of an op must not alias each other.
-  auto unwanted = [&] { return at::empty({0}, x.options()); };
-  at::Tensor dx = output_mask[0] ? at::empty(x.sizes(), x.options()) : unwanted();
-  at::Tensor dweight = want_dweight ? at::empty(weight->sizes(), weight->options()) : unwanted();
-  at::Tensor dbias = want_dbias ? at::empty(bias_in->sizes(), bias_in->options()) : unwanted();
-  if (shape.N == 0) return {dx, dweight, dbias};
-  if (shape.M == 0) {
-    // Sums over no rows.
-    if (want_dweight) dweight.zero_();
-    if (want_dbias) dbias.zero_();
-    return {dx, dweight, dbias};
-  }
-  RowNormBwdParams p{};
-  p.dy = dy.const_data_ptr();
-  p.x = x.const_data_ptr();
-  p.mean = rms ? nullptr : mean.const_data_ptr();
-  p.rstd = rstd.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.dx = output_mask[0] ? dx.mutable_data_ptr() : nullptr;
-  p.dweight = want_dweight ? dweight.mutable_data_ptr() : nullptr;
-  p.dbias = want_dbias ? dbias.mutable_data_ptr() : nullptr;
-  p.M = shape.M;
-  p.N = shape.N;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype_of(x, weight, bias_in);
-  p.rms = rms;
-  p.sm_count = backend.parallelism(x);
-  const size_t workspace_bytes = backend.bwd_workspace_bytes(p);
-  const at::Tensor workspace = workspace_for(x, workspace_bytes);
-  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
-  backend.bwd(p);
-  return {dx, dweight, dbias};
+  RowNormBwdCall call = prepare_row_norm_bwd(backend, shape, rms, dy, x, x.scalar_type(), mean,
+                                             rstd, weight, bias_in, output_mask);
+  if (call.runs_kernel) run_row_norm_bwd(backend, call.params, x);
+  return {call.dx, call.dweight, call.dbias};
 }
 
 }  // namespace
@@ -381,48 +407,24 @@ Tensor4 add_norm_bwd(const RowNormBackend& backend, const at::Tensor& grad_out,
   const at::Tensor mean = rms || saved_is_output ? at::Tensor() : mean_in.contiguous();
   const at::Tensor seed = options.dropout_p > 0 ? options.dropout_seed->contiguous() : at::Tensor();
 
-  const bool want_dweight = output_mask[2] && defined(weight);
-  const bool want_dbias = output_mask[3] && defined(bias);
-  auto unwanted = [&] { return at::empty({0}, saved.options()); };
-  at::Tensor dx = output_mask[0] ? at::empty(saved.sizes(), saved.options().dtype(input_dtype))
-                                 : unwanted();
+  RowNormBwdCall call =
+      prepare_row_norm_bwd(backend, shape, rms, dy, saved, input_dtype, mean, rstd, weight, bias,
+                           {output_mask[0], output_mask[2], output_mask[3]});
   at::Tensor dresidual = output_mask[1]
                              ? at::empty(saved.sizes(), saved.options().dtype(residual_dtype))
-                             : unwanted();
-  at::Tensor dweight = want_dweight ? at::empty(weight->sizes(), weight->options()) : unwanted();
-  at::Tensor dbias = want_dbias ? at::empty(bias->sizes(), bias->options()) : unwanted();
-  if (shape.N == 0) return {dx, dresidual, dweight, dbias};
-  if (shape.M == 0) {
-    if (want_dweight) dweight.zero_();
-    if (want_dbias) dbias.zero_();
-    return {dx, dresidual, dweight, dbias};
+                             : at::empty({0}, saved.options());
+  if (call.runs_kernel) {
+    RowNormBwdParams& p = call.params;
+    p.zero_centered = options.zero_centered_weight;
+    p.prologue = prologue_of(options, seed, residual_dtype);
+    p.from_output = saved_is_output;
+    p.bias = saved_is_output ? data_or_null(bias) : nullptr;
+    p.dsum = data_or_null(grad_sum);
+    p.dresidual = output_mask[1] ? dresidual.mutable_data_ptr() : nullptr;
+    p.y_dtype = to_dtype(grad_out.scalar_type());
+    run_row_norm_bwd(backend, p, saved);
   }
-  RowNormBwdParams p{};
-  p.dy = dy.const_data_ptr();
-  p.x = saved.const_data_ptr();
-  p.mean = mean.defined() ? mean.const_data_ptr() : nullptr;
-  p.rstd = rstd.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.dx = output_mask[0] ? dx.mutable_data_ptr() : nullptr;
-  p.dweight = want_dweight ? dweight.mutable_data_ptr() : nullptr;
-  p.dbias = want_dbias ? dbias.mutable_data_ptr() : nullptr;
-  p.M = shape.M;
-  p.N = shape.N;
-  p.x_dtype = to_dtype(input_dtype);
-  p.param_dtype = param_dtype_of(input_like, weight, bias);
-  p.rms = rms;
-  p.sm_count = backend.parallelism(saved);
-  p.zero_centered = options.zero_centered_weight;
-  p.prologue = prologue_of(options, seed, residual_dtype);
-  p.from_output = saved_is_output;
-  p.bias = saved_is_output ? data_or_null(bias) : nullptr;
-  p.dsum = data_or_null(grad_sum);
-  p.dresidual = output_mask[1] ? dresidual.mutable_data_ptr() : nullptr;
-  p.y_dtype = to_dtype(grad_out.scalar_type());
-  const at::Tensor workspace = workspace_for(saved, backend.bwd_workspace_bytes(p));
-  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
-  backend.bwd(p);
-  return {dx, dresidual, dweight, dbias};
+  return {call.dx, dresidual, call.dweight, call.dbias};
 }
 
 }  // namespace fused_norm

@@ -68,11 +68,16 @@ inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tens
 }
 
 // The kernel dtype of the affine parameters: the weight's, else the bias's, else the input's.
-inline DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+inline DType param_dtype_of(at::ScalarType input_dtype, const std::optional<at::Tensor>& weight,
                             const std::optional<at::Tensor>& bias) {
   if (defined(weight)) return to_dtype(weight->scalar_type());
   if (defined(bias)) return to_dtype(bias->scalar_type());
-  return to_dtype(input.scalar_type());
+  return to_dtype(input_dtype);
+}
+
+inline DType param_dtype_of(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias) {
+  return param_dtype_of(input.scalar_type(), weight, bias);
 }
 
 // torch's mixed-precision rule for per-channel tensors of BatchNorm and GroupNorm, in its words:

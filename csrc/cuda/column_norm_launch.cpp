@@ -3,11 +3,11 @@
 // code of csrc/common/column_norm.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/column_norm.h"
 #include "column_norm_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -29,9 +29,7 @@ const ColumnNormBackend& cuda_column_backend() {
       column_reduce_workspace_bytes,
       // The elementwise kernels take the SM count of the current device themselves: this must
       // be the same number (the tensors are on the current device under the caller's guard).
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      multiprocessors_of};
   return backend;
 }
 

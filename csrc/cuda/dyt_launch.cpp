@@ -2,11 +2,11 @@
 // current stream, behind the shared torch-facing code of csrc/common/dyt.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/dyt.h"
 #include "dyt_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -17,9 +17,7 @@ const DytBackend& cuda_dyt_backend() {
       [](const DytFwdParams& p) { C10_CUDA_CHECK(dyt_fwd(p, at::cuda::getCurrentCUDAStream())); },
       [](const DytBwdParams& p) { C10_CUDA_CHECK(dyt_bwd(p, at::cuda::getCurrentCUDAStream())); },
       dyt_bwd_workspace_bytes,
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      multiprocessors_of};
   return backend;
 }
 

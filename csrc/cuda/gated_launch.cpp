@@ -3,11 +3,11 @@
 // csrc/common/gated.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/gated.h"
 #include "gated_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -20,9 +20,7 @@ const GatedBackend& cuda_gated_backend() {
       [](const GatedBwdParams& p) {
         C10_CUDA_CHECK(gated_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      multiprocessors_of};
   return backend;
 }
 

@@ -3,11 +3,11 @@
 // torch-facing code of csrc/common/group_norm.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/group_norm.h"
 #include "group_norm_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -22,9 +22,7 @@ const GroupNormBackend& cuda_group_norm_backend() {
       },
       group_norm_fwd_workspace_bytes,
       group_norm_bwd_workspace_bytes,
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      },
+      multiprocessors_of,
       /*channels_last=*/true};
   return backend;
 }

@@ -121,37 +121,15 @@ __device__ __forceinline__ void dropout_multipliers(const DropoutMask& mask, int
 
 // ---- arguments --------------------------------------------------------------------------------
 
-struct FusedArgs {
-  int64_t M, N;
+// The kernels take the op's params by value (pointers and sizes as documented in
+// row_norm_params.h; the backward reads x as the saved h, or y when from_output), plus whether
+// every row pointer allows 4-element accesses.
+struct FusedFwdArgs : RowNormFwdParams {
   bool vec;  // N % 4 == 0 and every row pointer aligned for 4-element accesses
-  DType x_dtype, residual_dtype, y_dtype, param_dtype;
-  bool zero_centered;
-  RowPrologue pro;
 };
 
-struct FusedFwdArgs : FusedArgs {
-  const void* x;         // [M, N] x_dtype
-  const void* weight;    // [N] param_dtype or nullptr
-  const void* bias;      // [N] param_dtype or nullptr
-  void* y;               // [M, N] y_dtype
-  void* sum_out;         // [M, N] residual_dtype or nullptr
-  void* mean;            // [M] Acc or nullptr
-  void* rstd;            // [M] Acc
-  double eps;
-};
-
-struct FusedBwdArgs : FusedArgs {
-  const void* dy;        // [M, N] y_dtype
-  const void* saved;     // [M, N]: h (residual_dtype) or y (y_dtype) when from_output
-  const void* mean;      // [M] Acc or nullptr
-  const void* rstd;      // [M] Acc
-  const void* weight;    // [N] param_dtype or nullptr
-  const void* bias;      // [N] param_dtype or nullptr (read when from_output)
-  const void* dsum;      // [M, N] residual_dtype or nullptr
-  void* dx;              // [M, N] x_dtype or nullptr
-  void* dresidual;       // [M, N] residual_dtype or nullptr
-  void* ws;              // [gridDim.x, 2, N] Acc partials, or nullptr (no dweight/dbias)
-  bool from_output;
+struct FusedBwdArgs : RowNormBwdParams {
+  bool vec;
 };
 
 template <typename Acc>
@@ -185,33 +163,33 @@ template <typename Acc, bool kRms, int kIters>
 __global__ void __launch_bounds__(1024) fused_row_norm_fwd_kernel(const FusedFwdArgs a) {
   __shared__ BlockSumScratch<1, Acc> scratch[2];
   const DropoutMask mask =
-      DropoutMask::make(a.pro.dropout_p > 0 ? static_cast<uint64_t>(*a.pro.dropout_seed) : 0,
-                        a.pro.dropout_p);
-  const Acc alpha = static_cast<Acc>(a.pro.alpha);
+      DropoutMask::make(a.prologue.dropout_p > 0 ? static_cast<uint64_t>(*a.prologue.dropout_seed) : 0,
+                        a.prologue.dropout_p);
+  const Acc alpha = static_cast<Acc>(a.prologue.alpha);
   for (int64_t row = blockIdx.x; row < a.M; row += gridDim.x) {
     const int64_t base = row * a.N;
     Acc h[kIters][kChunk];
     Acc sum[1] = {Acc(0)};
     for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
       load_chunk(a.x, a.x_dtype, base + col, count, a.vec, h[it]);
-      if (a.pro.dropout_p > 0) {
+      if (a.prologue.dropout_p > 0) {
         Acc m[kChunk];
         dropout_multipliers(mask, base + col, count, m);
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) h[it][k] *= m[k];
       }
-      if (a.pro.residual) {
+      if (a.prologue.residual) {
         Acc r[kChunk];
-        load_chunk(a.pro.residual, a.pro.residual_dtype, base + col, count, a.vec, r);
+        load_chunk(a.prologue.residual, a.prologue.residual_dtype, base + col, count, a.vec, r);
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) h[it][k] += alpha * r[k];
       }
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
-        h[it][k] = k < count ? round_to(h[it][k], a.pro.residual_dtype) : Acc(0);
+        h[it][k] = k < count ? round_to(h[it][k], a.prologue.residual_dtype) : Acc(0);
         sum[0] += h[it][k];
       }
-      if (a.sum_out) store_chunk(a.sum_out, a.pro.residual_dtype, base + col, count, a.vec, h[it]);
+      if (a.sum_out) store_chunk(a.sum_out, a.prologue.residual_dtype, base + col, count, a.vec, h[it]);
     });
     // Scalar math: mean = sum(h) / N; var = sum((h - mean)^2) / N, two passes over registers.
     Acc mean = Acc(0);
@@ -256,10 +234,10 @@ template <typename Acc, bool kRms, int kIters>
 __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwdArgs a) {
   __shared__ BlockSumScratch<2, Acc> scratch;
   const DropoutMask mask =
-      DropoutMask::make(a.pro.dropout_p > 0 ? static_cast<uint64_t>(*a.pro.dropout_seed) : 0,
-                        a.pro.dropout_p);
-  const Acc alpha = static_cast<Acc>(a.pro.alpha);
-  const DType saved_dtype = a.from_output ? a.y_dtype : a.pro.residual_dtype;
+      DropoutMask::make(a.prologue.dropout_p > 0 ? static_cast<uint64_t>(*a.prologue.dropout_seed) : 0,
+                        a.prologue.dropout_p);
+  const Acc alpha = static_cast<Acc>(a.prologue.alpha);
+  const DType saved_dtype = a.from_output ? a.y_dtype : a.prologue.residual_dtype;
   const Acc inv_n = Acc(1) / Acc(a.N);
   Acc dw_acc[kIters][kChunk], db_acc[kIters][kChunk];
 #pragma unroll
@@ -276,7 +254,7 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
     for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
       Acc w[kChunk];
       load_params(a.weight, a.param_dtype, col, count, w, Acc(1), a.zero_centered ? Acc(1) : Acc(0));
-      load_chunk(a.saved, saved_dtype, base + col, count, a.vec, xhat[it]);
+      load_chunk(a.x, saved_dtype, base + col, count, a.vec, xhat[it]);
       load_chunk(a.dy, a.y_dtype, base + col, count, a.vec, dy[it]);
       if (a.from_output) {
         Acc b[kChunk];
@@ -306,17 +284,17 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) dh[k] = rstd * (dy[it][k] * w[k] - c1 - xhat[it][k] * c2);
         if (a.dsum) {
-          load_chunk(a.dsum, a.pro.residual_dtype, base + col, count, a.vec, extra);
+          load_chunk(a.dsum, a.prologue.residual_dtype, base + col, count, a.vec, extra);
 #pragma unroll
           for (int k = 0; k < kChunk; ++k) dh[k] += extra[k];
         }
         if (a.dresidual) {
 #pragma unroll
           for (int k = 0; k < kChunk; ++k) extra[k] = alpha * dh[k];
-          store_chunk(a.dresidual, a.pro.residual_dtype, base + col, count, a.vec, extra);
+          store_chunk(a.dresidual, a.prologue.residual_dtype, base + col, count, a.vec, extra);
         }
         if (a.dx) {
-          if (a.pro.dropout_p > 0) {
+          if (a.prologue.dropout_p > 0) {
             dropout_multipliers(mask, base + col, count, extra);
 #pragma unroll
             for (int k = 0; k < kChunk; ++k) dh[k] *= extra[k];
@@ -328,9 +306,9 @@ __global__ void __launch_bounds__(1024) fused_row_norm_bwd_kernel(const FusedBwd
     // block_sum's scratch is reused by the next row: its reads must be done first.
     __syncthreads();
   }
-  if (a.ws == nullptr) return;
+  if (a.workspace == nullptr) return;
   // This block's partial row of the workspace: [2][N], dweight sums then dbias sums.
-  Acc* ws = static_cast<Acc*>(a.ws) + int64_t(blockIdx.x) * 2 * a.N;
+  Acc* ws = static_cast<Acc*>(a.workspace) + int64_t(blockIdx.x) * 2 * a.N;
   for_my_chunks<kIters>(a.N, [&](int it, int64_t col, int count) {
     for (int k = 0; k < count; ++k) {
       ws[col + k] = dw_acc[it][k];
@@ -389,21 +367,6 @@ bool fused_vec_ok(int64_t N, std::initializer_list<std::pair<const void*, DType>
   return true;
 }
 
-FusedArgs fused_common(int64_t M, int64_t N, DType x_dtype, DType y_dtype, DType param_dtype,
-                       bool zero_centered, const RowPrologue& pro) {
-  FusedArgs a;
-  a.M = M;
-  a.N = N;
-  a.vec = false;
-  a.x_dtype = x_dtype;
-  a.residual_dtype = pro.residual_dtype;
-  a.y_dtype = y_dtype;
-  a.param_dtype = param_dtype;
-  a.zero_centered = zero_centered;
-  a.pro = pro;
-  return a;
-}
-
 }  // namespace
 
 size_t fused_row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
@@ -415,19 +378,9 @@ size_t fused_row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
 cudaError_t fused_row_norm_fwd(const RowNormFwdParams& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0) return cudaSuccess;
   if (p.N > kFusedRowMaxN) return cudaErrorInvalidValue;
-  FusedFwdArgs a;
-  static_cast<FusedArgs&>(a) = fused_common(p.M, p.N, p.x_dtype, p.y_dtype, p.param_dtype,
-                                            p.zero_centered, p.prologue);
-  a.vec = fused_vec_ok(p.N, {{p.x, p.x_dtype}, {p.prologue.residual, p.prologue.residual_dtype},
-                             {p.y, p.y_dtype}, {p.sum_out, p.prologue.residual_dtype}});
-  a.x = p.x;
-  a.weight = p.weight;
-  a.bias = p.bias;
-  a.y = p.y;
-  a.sum_out = p.sum_out;
-  a.mean = p.mean;
-  a.rstd = p.rstd;
-  a.eps = p.eps;
+  const FusedFwdArgs a{
+      p, fused_vec_ok(p.N, {{p.x, p.x_dtype}, {p.prologue.residual, p.prologue.residual_dtype},
+                            {p.y, p.y_dtype}, {p.sum_out, p.prologue.residual_dtype}})};
   const FusedLaunch L = fused_launch_for(p.N);
   // Rows beyond the grid limit are looped over by the kernel.
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(p.M, int64_t(1) << 30));
@@ -446,23 +399,11 @@ cudaError_t fused_row_norm_bwd(const RowNormBwdParams& p, cudaStream_t stream) {
   const bool want_params = p.dweight != nullptr || p.dbias != nullptr;
   if (want_params && p.M > 0 && p.workspace == nullptr) return cudaErrorInvalidValue;
   const DType saved_dtype = p.from_output ? p.y_dtype : p.prologue.residual_dtype;
-  FusedBwdArgs a;
-  static_cast<FusedArgs&>(a) = fused_common(p.M, p.N, p.x_dtype, p.y_dtype, p.param_dtype,
-                                            p.zero_centered, p.prologue);
-  a.vec = fused_vec_ok(p.N, {{p.x, saved_dtype}, {p.dy, p.y_dtype}, {p.dx, p.x_dtype},
-                             {p.dsum, p.prologue.residual_dtype},
-                             {p.dresidual, p.prologue.residual_dtype}});
-  a.dy = p.dy;
-  a.saved = p.x;
-  a.mean = p.mean;
-  a.rstd = p.rstd;
-  a.weight = p.weight;
-  a.bias = p.bias;
-  a.dsum = p.dsum;
-  a.dx = p.dx;
-  a.dresidual = p.dresidual;
-  a.ws = want_params ? p.workspace : nullptr;
-  a.from_output = p.from_output;
+  FusedBwdArgs a{p, fused_vec_ok(p.N, {{p.x, saved_dtype}, {p.dy, p.y_dtype}, {p.dx, p.x_dtype},
+                                       {p.dsum, p.prologue.residual_dtype},
+                                       {p.dresidual, p.prologue.residual_dtype}})};
+  // The kernel writes weight-gradient partials when given a workspace.
+  if (!want_params) a.workspace = nullptr;
   const FusedLaunch L = fused_launch_for(p.N);
   const int64_t blocks = fused_bwd_blocks(p);
   return dispatch_fused(p.x_dtype, p.rms, L.iters, [&](auto acc_tag, auto rms_tag, auto iters) {

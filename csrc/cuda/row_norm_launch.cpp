@@ -2,11 +2,11 @@
 // on the current stream, behind the shared torch-facing code of csrc/common/row_norm.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/row_norm.h"
 #include "row_norm_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -31,9 +31,7 @@ const RowNormBackend& cuda_backend() {
         C10_CUDA_CHECK(row_norm_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
       row_norm_bwd_workspace_bytes,
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      multiprocessors_of};
   return backend;
 }
 

@@ -2,11 +2,11 @@
 // the current stream, behind the shared torch-facing code of csrc/common/softmax.h.
 #include <torch/library.h>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../common/softmax.h"
 #include "softmax_kernels.h"
+#include "launch_utils.h"
 
 namespace fused_norm {
 namespace cuda {
@@ -19,9 +19,7 @@ const SoftmaxBackend& cuda_softmax_backend() {
       [](const SoftmaxBwdParams& p) {
         C10_CUDA_CHECK(softmax_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
-      [](const at::Tensor& t) {
-        return at::cuda::getDeviceProperties(t.device().index())->multiProcessorCount;
-      }};
+      multiprocessors_of};
   return backend;
 }
 
