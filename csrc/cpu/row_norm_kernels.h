@@ -125,6 +125,25 @@ std::vector<acc_t> applied_weight(const void* weight, DType dtype, int64_t N, bo
   return w;
 }
 
+// hr[0, N) = x + alpha * residual (x alone without residual), rounded to T by the store.
+template <typename T>
+void add_row(const T* xr, const T* rr, at::opmath_type<T> alpha, T* hr, int64_t N) {
+  using C = Chunk<T>;
+  const typename C::AccVec alpha_vec(alpha);
+  for_each_chunk<C>(N, [&](int64_t i, auto count) {
+    typename C::AccVec v[C::kParts], r[C::kParts];
+    C::load(xr + i, v, count);
+    if (rr) {
+      C::load(rr + i, r, count);
+      for (int k = 0; k < C::kParts; ++k) v[k] = at::vec::fmadd(r[k], alpha_vec, v[k]);
+    }
+    C::store(hr + i, v, count);
+  });
+}
+
+// The plain forward, and the fused ops' forward when every row tensor is of dtype T and there
+// is no dropout (fused_fwd_in_one_dtype): h = x + alpha * residual is written row by row in T
+// (into sum_out, or a row buffer) and normalized from there, while it is in cache.
 template <typename T, bool kRms>
 void row_norm_fwd_typed(const RowNormFwdParams& p) {
   using acc_t = at::opmath_type<T>;
@@ -138,10 +157,22 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
       p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
   const acc_t* w = p.weight ? weight.data() : nullptr;
   const acc_t* b = p.bias ? bias.data() : nullptr;
+  const T* residual = static_cast<const T*>(p.prologue.residual);
+  T* sum_out = static_cast<T*>(p.sum_out);
+  // Without residual and sum_out, h is x itself.
+  const bool stage_h = p.prologue.fused && (residual || sum_out);
+  const acc_t alpha = static_cast<acc_t>(p.prologue.alpha);
 
   at::parallel_for(0, p.M, row_grain(N), [&](int64_t row_begin, int64_t row_end) {
+    std::vector<T> h_buffer(stage_h && !sum_out ? N : 0);
     for (int64_t row = row_begin; row < row_end; ++row) {
-      const auto [mean, rstd] = normalize_row<T, kRms>(x + row * N, y + row * N, N, w, b, p.eps);
+      const T* xr = x + row * N;
+      if (stage_h) {
+        T* hr = sum_out ? sum_out + row * N : h_buffer.data();
+        add_row(xr, residual ? residual + row * N : nullptr, alpha, hr, N);
+        xr = hr;
+      }
+      const auto [mean, rstd] = normalize_row<T, kRms>(xr, y + row * N, N, w, b, p.eps);
       if (mean_out) mean_out[row] = mean;
       rstd_out[row] = rstd;
     }
@@ -526,8 +557,17 @@ size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
   return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
 }
 
+// Whether a fused forward can take the plain forward's path: no dropout, and x, the residual
+// stream (residual, sum_out) and y all of x's dtype.
+inline bool fused_fwd_in_one_dtype(const RowNormFwdParams& p) {
+  const RowPrologue& pro = p.prologue;
+  const bool stream_in_x_dtype =
+      pro.residual_dtype == p.x_dtype || (!pro.residual && !p.sum_out);
+  return pro.dropout_p == 0 && p.y_dtype == p.x_dtype && stream_in_x_dtype;
+}
+
 void row_norm_fwd(const RowNormFwdParams& p) {
-  if (p.prologue.fused) {
+  if (p.prologue.fused && !fused_fwd_in_one_dtype(p)) {
     auto run = [&](auto acc_tag) {
       using acc_t = decltype(acc_tag);
       p.rms ? fused_row_norm_fwd_typed<acc_t, true>(p) : fused_row_norm_fwd_typed<acc_t, false>(p);
