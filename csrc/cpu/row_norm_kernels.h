@@ -198,7 +198,8 @@ inline ColumnShape param_partials_shape(const RowNormBwdParams& p) {
 
 // kGroupRows rows of the backward, walked side by side. xhat = (x - mean) * xscale; dx = rstd *
 // (g - mean(g) - xhat * mean(g * xhat)) (xscale is rstd, except for a staged row that already
-// holds xhat: mean 0, xscale 1).
+// holds xhat: mean 0, xscale 1). The fused ops in one dtype add dsum to dx (then dh) and write
+// alpha * dh to dresidual.
 template <typename T>
 struct BwdRows {
   using acc_t = at::opmath_type<T>;
@@ -207,6 +208,9 @@ struct BwdRows {
   const T* dy[kGroupRows];
   T* dx[kGroupRows];  // or nullptr: not wanted
   acc_t mean[kGroupRows], xscale[kGroupRows], rstd[kGroupRows];
+  const T* dsum[kGroupRows] = {};  // or nullptr: none
+  T* dresidual[kGroupRows] = {};   // or nullptr: not wanted
+  acc_t alpha = 1;
 };
 
 // The backward of one group of rows: dx, and dweight += dy * xhat, dbias += dy into the chunk's
@@ -271,7 +275,16 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
         db_sum[k] = db_sum[k] + dyv[k];
         xv[k] = rstd_vec[r] * (gv - g_mean_vec[r] - xhat * gx_mean_vec[r]);
       }
+      if (g.dsum[r]) {
+        AccVec dsum[C::kParts];
+        C::load(g.dsum[r] + i, dsum);
+        for (int k = 0; k < C::kParts; ++k) xv[k] = xv[k] + dsum[k];
+      }
       if (g.dx[r]) C::store(g.dx[r] + i, xv);
+      if (g.dresidual[r]) {
+        for (int k = 0; k < C::kParts; ++k) xv[k] = xv[k] * AccVec(g.alpha);
+        C::store(g.dresidual[r] + i, xv);
+      }
     }
     if (dw_part) {
       for (int k = 0; k < C::kParts; ++k) {
@@ -290,9 +303,10 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
         dw_part[i] += dyi * xhat;
         db_part[i] += dyi;
       }
-      if (g.dx[r]) {
-        g.dx[r][i] = static_cast<T>(g.rstd[r] * (gv - g_mean[r] - xhat * gx_mean[r]));
-      }
+      acc_t dh = g.rstd[r] * (gv - g_mean[r] - xhat * gx_mean[r]);
+      if (g.dsum[r]) dh += static_cast<acc_t>(g.dsum[r][i]);
+      if (g.dx[r]) g.dx[r][i] = static_cast<T>(dh);
+      if (g.dresidual[r]) g.dresidual[r][i] = static_cast<T>(g.alpha * dh);
     }
   }
 }
@@ -328,6 +342,8 @@ void row_norm_bwd_frame(const RowNormBwdParams& p, GroupF&& group) {
   if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
 }
 
+// The plain backward, and the fused ops' backward when it takes the plain path
+// (fused_bwd_in_one_dtype): x is then the saved h, dx is dh = norm_bwd(dy) + dsum.
 template <typename T, bool kRms>
 void row_norm_bwd_typed(const RowNormBwdParams& p) {
   using acc_t = at::opmath_type<T>;
@@ -335,6 +351,8 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
+  const T* dsum = static_cast<const T*>(p.dsum);
+  T* dresidual = static_cast<T*>(p.dresidual);
   const acc_t* mean = static_cast<const acc_t*>(p.mean);
   const acc_t* rstd = static_cast<const acc_t*>(p.rstd);
   const std::vector<acc_t> weight =
@@ -350,7 +368,10 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
       g.dx[r] = dx ? dx + row * N : nullptr;
       g.mean[r] = kRms ? acc_t(0) : mean[row];
       g.xscale[r] = g.rstd[r] = rstd[row];
+      if (dsum) g.dsum[r] = dsum + row * N;
+      if (dresidual) g.dresidual[r] = dresidual + row * N;
     }
+    g.alpha = static_cast<acc_t>(p.prologue.alpha);
     bwd_rows<T, kRms>(g, N, w, dw_part, db_part);
   });
 }
@@ -580,8 +601,16 @@ void row_norm_fwd(const RowNormFwdParams& p) {
   });
 }
 
+// Whether a fused backward can take the plain backward's path: not from the output, no dropout,
+// and the saved h, dy, dx, dsum and dresidual all of x's dtype.
+inline bool fused_bwd_in_one_dtype(const RowNormBwdParams& p) {
+  const RowPrologue& pro = p.prologue;
+  return !p.from_output && pro.dropout_p == 0 && p.y_dtype == p.x_dtype &&
+         pro.residual_dtype == p.x_dtype;
+}
+
 void row_norm_bwd(const RowNormBwdParams& p) {
-  if (p.prologue.fused) {
+  if (p.prologue.fused && !fused_bwd_in_one_dtype(p)) {
     auto run = [&](auto acc_tag) {
       using acc_t = decltype(acc_tag);
       p.rms ? fused_row_norm_bwd_typed<acc_t, true>(p) : fused_row_norm_bwd_typed<acc_t, false>(p);
