@@ -516,14 +516,18 @@ def test_every_supported_class_converts(make, shape):
 # ---- norms of other libraries -----------------------------------------------------------------
 
 
-class LlamaStyleRMSNorm(nn.Module):
-    """HuggingFace's Llama/Mistral/Qwen2 RMSNorm: statistics in float32, cast back, then
-    weight times that."""
+class WeightAndVarianceEpsilon(nn.Module):
+    """The attributes HuggingFace's norms share: a weight of ones and `variance_epsilon`."""
 
     def __init__(self, hidden, eps=1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden))
         self.variance_epsilon = eps
+
+
+class LlamaStyleRMSNorm(WeightAndVarianceEpsilon):
+    """HuggingFace's Llama/Mistral/Qwen2 RMSNorm: statistics in float32, cast back, then
+    weight times that."""
 
     def forward(self, hidden_states):
         dtype = hidden_states.dtype
@@ -532,13 +536,8 @@ class LlamaStyleRMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-class T5StyleLayerNorm(nn.Module):
+class T5StyleLayerNorm(WeightAndVarianceEpsilon):
     """T5's "LayerNorm": an RMSNorm without bias, cast to the weight's dtype when half."""
-
-    def __init__(self, hidden, eps=1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden))
-        self.variance_epsilon = eps
 
     def forward(self, hidden_states):
         variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
@@ -635,13 +634,8 @@ def test_library_norms_are_recognised(cls, fused_cls, dtype):
     torch.testing.assert_close(norm(x.detach()), reference(x.detach()))
 
 
-class L1Norm(nn.Module):
+class L1Norm(WeightAndVarianceEpsilon):
     """Looks like a Llama norm, but divides by the mean absolute value."""
-
-    def __init__(self, hidden, eps=1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden))
-        self.variance_epsilon = eps
 
     def forward(self, x):
         return self.weight * x / (x.abs().mean(-1, keepdim=True) + self.variance_epsilon)
