@@ -395,9 +395,12 @@ Tensor4 batch_norm_bwd(const ColumnNormBackend& backend, const at::Tensor& grad_
     }
   }
   if (need_input) {
-    grad_input = batch_norm_bwd_elemt(backend, grad_out, input, mean, var, weight, relu_output,
-                                      sum_dy, sum_dy_xmu, eps,
-                                      training ? per_channel_count(input) : 1);
+    // With the masked gradient written (the residual's), the dx pass reads it in place of
+    // grad_out and the ReLU output: one stream of the input's size fewer.
+    grad_input = batch_norm_bwd_elemt(
+        backend, need_residual ? grad_residual : grad_out, input, mean, var, weight,
+        need_residual ? std::nullopt : relu_output, sum_dy, sum_dy_xmu, eps,
+        training ? per_channel_count(input) : 1);
   }
   for (at::Tensor* grad : {&grad_input, &grad_weight, &grad_bias, &grad_residual}) {
     if (!grad->defined()) *grad = unwanted();
