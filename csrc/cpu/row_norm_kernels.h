@@ -512,26 +512,33 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
       p.from_output && p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N)
                               : std::vector<acc_t>();
   const DType saved_dtype = p.from_output ? p.y_dtype : p.prologue.residual_dtype;
+  const DType stream_dtype = p.prologue.residual_dtype;
   const DropoutMask mask = dropout_mask_of(p.prologue);
-  const acc_t alpha = static_cast<acc_t>(p.prologue.alpha);
   const bool want_dh = p.dx || p.dresidual;
   row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
-    // x, dy and dh of each row, then one scratch row.
+    // Per row: x, dy, dh, and the stream row: dsum staged in, then alpha * dh out (bwd_rows
+    // reads each dsum element before it writes that element's dresidual).
     thread_local std::vector<acc_t> buffers;
-    buffers.resize((3 * kGroupRows + 1) * N);
-    acc_t* scratch = buffers.data() + 3 * kGroupRows * N;
+    buffers.resize(4 * kGroupRows * N);
     BwdRows<acc_t> g;
     g.rows = rows;
+    g.alpha = static_cast<acc_t>(p.prologue.alpha);
     for (int r = 0; r < rows; ++r) {
-      const int64_t row = row0 + r;
-      acc_t* xr = buffers.data() + (3 * r) * N;
+      const int64_t offset = (row0 + r) * N;
+      acc_t* xr = buffers.data() + (4 * r) * N;
       acc_t* dyr = xr + N;
-      load_row(p.x, saved_dtype, row * N, N, xr);
-      load_row(p.dy, p.y_dtype, row * N, N, dyr);
+      acc_t* stream = xr + 3 * N;
+      load_row(p.x, saved_dtype, offset, N, xr);
+      load_row(p.dy, p.y_dtype, offset, N, dyr);
       g.x[r] = xr;
       g.dy[r] = dyr;
       g.dx[r] = want_dh ? dyr + N : nullptr;
-      g.rstd[r] = rstd[row];
+      if (want_dh && p.dsum) {
+        load_row(p.dsum, stream_dtype, offset, N, stream);
+        g.dsum[r] = stream;
+      }
+      if (p.dresidual) g.dresidual[r] = stream;
+      g.rstd[r] = rstd[row0 + r];
       if (p.from_output) {
         // xhat = (y - b) / w, staged in place.
         for (int64_t i = 0; i < N; ++i) {
@@ -541,26 +548,17 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
         g.mean[r] = acc_t(0);
         g.xscale[r] = acc_t(1);
       } else {
-        g.mean[r] = kRms ? acc_t(0) : mean[row];
-        g.xscale[r] = rstd[row];
+        g.mean[r] = kRms ? acc_t(0) : mean[row0 + r];
+        g.xscale[r] = rstd[row0 + r];
       }
     }
     bwd_rows<acc_t, kRms>(g, N, w, dw_part, db_part);
-    if (!want_dh) return;
     for (int r = 0; r < rows; ++r) {
       const int64_t offset = (row0 + r) * N;
-      acc_t* dh = g.dx[r];
-      if (p.dsum) {
-        load_row(p.dsum, p.prologue.residual_dtype, offset, N, scratch);
-        for (int64_t i = 0; i < N; ++i) dh[i] += scratch[i];
-      }
-      if (p.dresidual) {
-        for (int64_t i = 0; i < N; ++i) scratch[i] = alpha * dh[i];
-        store_row(scratch, p.prologue.residual_dtype, offset, N, p.dresidual);
-      }
+      if (p.dresidual) store_row(g.dresidual[r], stream_dtype, offset, N, p.dresidual);
       if (p.dx) {
-        if (p.prologue.dropout_p > 0) apply_dropout_row(dh, mask, offset, N);
-        store_row(dh, p.x_dtype, offset, N, p.dx);
+        if (p.prologue.dropout_p > 0) apply_dropout_row(g.dx[r], mask, offset, N);
+        store_row(g.dx[r], p.x_dtype, offset, N, p.dx);
       }
     }
   });
