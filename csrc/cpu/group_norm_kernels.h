@@ -49,6 +49,14 @@ C10_ALWAYS_INLINE std::pair<typename C::AccVec, typename C::AccVec> run_sums(int
   using AccVec = typename C::AccVec;
   using acc_t = typename C::acc_t;
   const int64_t len_vec = len - len % C::kSize;
+  if (len <= kChains * C::kSize) {
+    // A short run (an 8x8 plane is 4 float32 chunks on AVX-512) in one pair of sums: GCC keeps
+    // the chain arrays below on the stack, and the next run's chunks overlap this one's anyway.
+    AccVec sum1(0), sum2(0);
+    for (int64_t i = 0; i < len_vec; i += C::kSize) add_chunk(i, typename C::Full(), sum1, sum2);
+    if (len_vec < len) add_chunk(len_vec, len - len_vec, sum1, sum2);
+    return {sum1, sum2};
+  }
   AccVec s1[kChains], s2[kChains];
   for (int c = 0; c < kChains; ++c) s1[c] = s2[c] = AccVec(0);
   if (len_vec < len) add_chunk(len_vec, len - len_vec, s1[0], s2[0]);
