@@ -84,6 +84,16 @@ C10_ALWAYS_INLINE std::pair<typename C::AccVec, typename C::AccVec> run_sums(int
   return {s1[0], s2[0]};
 }
 
+// A group's mean and rstd from the sums of d = x - shift and d^2 over its L elements, shift being
+// one of them (near the mean, so that the variance keeps its precision far from zero).
+template <typename acc_t>
+std::pair<acc_t, acc_t> group_stats(acc_t shift, double sum_d, double sumsq_d, int64_t L,
+                                    double eps) {
+  const double shifted_mean = sum_d / L;
+  const double var = std::max(sumsq_d / L - shifted_mean * shifted_mean, 0.0);
+  return {static_cast<acc_t>(shift + shifted_mean), static_cast<acc_t>(1.0 / std::sqrt(var + eps))};
+}
+
 template <typename T, Activation kAct>
 void group_norm_fwd_typed(const GroupNormFwdParams& p) {
   using C = Chunk<T>;
@@ -123,12 +133,6 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
           sumsq += d * d;
         });
   };
-  auto stats_of = [&](int64_t row, double sum_d, double sumsq_d) {
-    const double shifted_mean = sum_d / L;
-    const double var = std::max(sumsq_d / L - shifted_mean * shifted_mean, 0.0);
-    const acc_t mean = static_cast<acc_t>(static_cast<acc_t>(x[row * L]) + shifted_mean);
-    return std::pair<acc_t, acc_t>(mean, static_cast<acc_t>(1.0 / std::sqrt(var + p.eps)));
-  };
   // Scalar math: y = act((x - mean) * scale + b[c]),  scale = rstd * w[c]
   auto normalize = [&](int64_t row, int64_t c_begin, int64_t c_end, acc_t mean, acc_t rstd) {
     const AccVec mean_vec(mean);
@@ -153,7 +157,7 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
     at::parallel_for(0, rows, row_grain(L), [&](int64_t row_begin, int64_t row_end) {
       for (int64_t row = row_begin; row < row_end; ++row) {
         const auto [sum_d, sumsq_d] = shifted_sums(row, 0, D);
-        const auto [mean, rstd] = stats_of(row, sum_d, sumsq_d);
+        const auto [mean, rstd] = group_stats(static_cast<acc_t>(x[row * L]), sum_d, sumsq_d, L, p.eps);
         mean_out[row] = mean;
         rstd_out[row] = rstd;
         normalize(row, 0, D, mean, rstd);
@@ -176,7 +180,8 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
         sum_d += piece_sums[row * splits + t].first;
         sumsq_d += piece_sums[row * splits + t].second;
       }
-      const auto [mean, rstd] = stats_of(row, sum_d, sumsq_d);
+      const auto [mean, rstd] =
+          group_stats(static_cast<acc_t>(x[row * L]), sum_d, sumsq_d, L, p.eps);
       if (s == 0) {
         mean_out[row] = mean;
         rstd_out[row] = rstd;
@@ -413,7 +418,7 @@ void group_norm_fwd_channels_last_typed(const GroupNormFwdParams& p) {
   using acc_t = typename C::acc_t;
   using AccVec = typename C::AccVec;
   using Act = ActivationMath<kAct>;
-  const int64_t channels = p.C, G = p.G, D = channels / G, HW = p.HW;
+  const int64_t channels = p.C, G = p.G, D = channels / G, HW = p.HW, L = D * HW;
   const ColumnShape sample{HW, channels, 1};
   const T* x = static_cast<const T*>(p.x);  // [N, HW, C]
   T* y = static_cast<T*>(p.y);              // [N, HW, C]
@@ -422,29 +427,28 @@ void group_norm_fwd_channels_last_typed(const GroupNormFwdParams& p) {
   const std::vector<acc_t> weight = params_or<acc_t>(p.weight, p.param_dtype, channels, 1);
   const std::vector<acc_t> bias = params_or<acc_t>(p.bias, p.param_dtype, channels, 0);
 
-  for_each_sample<T, WelfordAcc::State>(p.N, sample, p.parallelism, [&](int64_t n, int threads,
-                                                                         void* workspace) {
+  for_each_sample<T, SumAcc::State>(p.N, sample, p.parallelism, [&](int64_t n, int threads,
+                                                                    void* workspace) {
     const T* xn = x + n * HW * channels;
     T* yn = y + n * HW * channels;
-    // Each channel's statistics, shifted by its first element (exact far from zero), then each
-    // group's: its channels' states merged with Chan's formula, in channel order.
+    // Each channel's sums of d = x - shift and d^2, shift being its group's first element (of the
+    // group's first channel, in the first row) as in the NCHW rows: with one shift per group the
+    // channels' sums simply add up (merging Welford states per channel cost as much as the sums
+    // themselves on 8x8 planes: two divisions per channel per block).
     std::vector<acc_t> shift(channels);
-    for (int64_t c = 0; c < channels; ++c) shift[c] = static_cast<acc_t>(xn[c]);
-    std::vector<WelfordAcc::State> channel_stats(channels);
-    column_reduce<WelfordAcc, T>(sample, threads, workspace, {shift.data()}, shifted_sums_of(xn),
-                                 [&](int64_t c, const WelfordAcc::State& state) {
-                                   channel_stats[c] = {state.count, shift[c] + state.mean,
-                                                       state.m2};
-                                 });
+    for (int64_t g = 0; g < G; ++g) {
+      std::fill(shift.begin() + g * D, shift.begin() + (g + 1) * D, static_cast<acc_t>(xn[g * D]));
+    }
+    std::vector<SumAcc::State> channel_sums(channels);
+    column_reduce<SumAcc, T>(sample, threads, workspace, {shift.data()}, shifted_sums_of(xn),
+                             [&](int64_t c, const SumAcc::State& state) { channel_sums[c] = state; });
     // Coefficients of the normalize pass: the group's mean, rstd * w[c], b[c].
     std::array<std::vector<acc_t>, 3> coefs;
     for (auto& coef : coefs) coef.resize(channels);
     for (int64_t g = 0; g < G; ++g) {
-      WelfordAcc::State group;
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) WelfordAcc::merge(group, channel_stats[c]);
-      const double var = group.m2 / group.count;
-      const acc_t mean = static_cast<acc_t>(group.mean);
-      const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt((var < 0 ? 0.0 : var) + p.eps));
+      SumAcc::State group;
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) SumAcc::merge(group, channel_sums[c]);
+      const auto [mean, rstd] = group_stats(shift[g * D], group.sum1, group.sum2, L, p.eps);
       mean_out[n * G + g] = mean;
       rstd_out[n * G + g] = rstd;
       for (int64_t c = g * D; c < (g + 1) * D; ++c) {
@@ -491,13 +495,18 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
     const int64_t offset = n * HW * channels;
     acc_t* sums = channel_sums + n * 2 * channels;
     // Per channel: the group's mean, rstd * w[c], b[c] (z = (x - mean) * scale + b[c]), then the
-    // two coefficients of dx (group_dx_coefs).
+    // two coefficients of dx (group_dx_coefs); and the group's rstd. (Group by group: a division
+    // per channel would cost as much as the channel's sums.)
     std::array<std::vector<acc_t>, 5> coefs;
     for (auto& coef : coefs) coef.resize(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      coefs[0][c] = mean_in[n * G + c / D];
-      coefs[1][c] = rstd_in[n * G + c / D] * weight[c];
-      coefs[2][c] = bias[c];
+    std::vector<acc_t> channel_rstd(channels);
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+        channel_rstd[c] = rstd_in[n * G + g];
+        coefs[0][c] = mean_in[n * G + g];
+        coefs[1][c] = channel_rstd[c] * weight[c];
+        coefs[2][c] = bias[c];
+      }
     }
     std::array<const acc_t*, kParams> params;
     for (int q = 0; q < kParams; ++q) params[q] = coefs[q].data();
@@ -532,7 +541,7 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
           }
         },
         [&](int64_t c, const SumAcc::State& state) {
-          sums[c] = static_cast<acc_t>(state.sum1 * rstd_in[n * G + c / D]);
+          sums[c] = static_cast<acc_t>(state.sum1 * channel_rstd[c]);
           sums[channels + c] = static_cast<acc_t>(state.sum2);
         });
     if (!dx) return;
