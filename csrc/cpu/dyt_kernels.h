@@ -9,6 +9,7 @@
 // problems itself), all arrays contiguous.
 #pragma once
 
+#include "activation.h"  // tanh_op
 #include "column_reduce.h"
 #include "kernel_utils.h"
 
@@ -17,35 +18,6 @@
 namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
-
-// tanh in opmath. Both directions are bound by their tanh on CPU (the backward recomputes it
-// rather than reading a saved tensor), and Sleef's 1-ulp tanh behind Vectorized::tanh made the
-// backward slower than torch's composite one, which saves tanh's output. float: an odd rational
-// function x * P(x^2) / Q(x^2), P of degree 6 and Q of degree 3, whose coefficients we fitted to
-// tanh(x) / x on [0, 7.9] by iteratively reweighted least squares on the relative error (in
-// double: at most 1.6e-9; Q has no root there). Evaluated in float it is within 5 ulp of tanh
-// (measured against float64 over [-12, 12] and down to 1e-30). Beyond 7.9 the argument is
-// clamped: tanh(7.9) is within 5 ulp of 1. double: Sleef's tanh (gradcheck needs double).
-template <typename V>
-C10_ALWAYS_INLINE V dyt_tanh(const V& x) {
-  if constexpr (std::is_same_v<V, Vectorized<float>>) {
-    const V xc = at::vec::clamp(x, V(-7.9f), V(7.9f));
-    const V x2 = xc * xc;
-    V p = at::vec::fmadd(x2, V(-1.191965518e-13f), V(6.481306871e-11f));
-    p = at::vec::fmadd(p, x2, V(-2.252282763e-08f));
-    p = at::vec::fmadd(p, x2, V(1.168894771e-05f));
-    p = at::vec::fmadd(p, x2, V(3.153596482e-03f));
-    p = at::vec::fmadd(p, x2, V(1.312808669e-01f));
-    p = at::vec::fmadd(p, x2, V(9.999999985e-01f));
-    V q = at::vec::fmadd(x2, V(2.619254929e-04f), V(2.469168557e-02f));
-    q = at::vec::fmadd(q, x2, V(4.646141843e-01f));
-    q = at::vec::fmadd(q, x2, V(1.0f));
-    // NaN passes through explicitly: the clamp may replace it.
-    return V::blendv(p * xc / q, x, x != x);
-  } else {
-    return x.tanh();
-  }
-}
 
 template <typename T>
 void dyt_fwd_typed(const DytFwdParams& p) {
@@ -66,7 +38,7 @@ void dyt_fwd_typed(const DytFwdParams& p) {
         C::load(x + i, v, count);
         // Scalar math: y = weight * tanh(alpha * x) + bias
         for (int part = 0; part < C::kParts; ++part) {
-          v[part] = at::vec::fmadd(k[0][part], dyt_tanh(v[part] * alpha), k[1][part]);
+          v[part] = at::vec::fmadd(k[0][part], tanh_op(v[part] * alpha), k[1][part]);
         }
         C::store(y + i, v, count);
       });
@@ -142,7 +114,7 @@ void dyt_bwd_typed(const DytBwdParams& p) {
               // Scalar math: t = tanh(alpha * x); s = 1 - t^2; g = dy * w;
               // dx = g * alpha * s; dweight += dy * t; dbias += dy; dalpha += g * x * s
               for (int k = 0; k < C::kParts; ++k) {
-                const AccVec t = dyt_tanh(xv[k] * alpha);
+                const AccVec t = tanh_op(xv[k] * alpha);
                 const AccVec s = AccVec(1) - t * t;
                 const AccVec g = dyv[k] * wv[k];
                 const AccVec gs = g * s;
