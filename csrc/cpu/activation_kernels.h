@@ -40,10 +40,10 @@ struct NativeChunk {
 template <typename T, int kIn, typename C = Chunk<T>, typename F>
 void elementwise(const T* const (&in)[kIn], T* out, int64_t n, const F& f) {
   using AccVec = typename C::AccVec;
-  auto chunk = [&](int64_t i, auto count) {
+  // r = f(the inputs' chunk at i), not yet stored.
+  auto compute = [&](int64_t i, auto count, AccVec (&r)[C::kParts]) {
     AccVec v[kIn][C::kParts];
     for (int j = 0; j < kIn; ++j) C::load(in[j] + i, v[j], count);
-    AccVec r[C::kParts];
     for (int k = 0; k < C::kParts; ++k) {
       if constexpr (kIn == 1) {
         r[k] = f(v[0][k]);
@@ -53,20 +53,31 @@ void elementwise(const T* const (&in)[kIn], T* out, int64_t n, const F& f) {
         r[k] = f(v[0][k], v[1][k], v[2][k]);
       }
     }
-    C::store(out + i, r, count);
   };
   at::parallel_for(0, n, kActGrain, [&](int64_t begin, int64_t end) {
     // Tasks start at multiples of the grain, itself a multiple of the chunk: only the last task
     // has a partial chunk.
     int64_t i = begin;
-    // Two chunks per iteration, as torch's vectorized loops: the second chunk's loads issue
-    // while the first one's math runs.
+    // Two chunks per iteration, both computed before either is stored, as torch's vectorized
+    // loops: the second chunk's loads need not wait behind the first one's store (bfloat16 GELU
+    // forward, compute-bound, 13% faster than with each chunk stored before the next is loaded).
     for (; i + 2 * C::kSize <= end; i += 2 * C::kSize) {
-      chunk(i, typename C::Full());
-      chunk(i + C::kSize, typename C::Full());
+      AccVec r0[C::kParts], r1[C::kParts];
+      compute(i, typename C::Full(), r0);
+      compute(i + C::kSize, typename C::Full(), r1);
+      C::store(out + i, r0, typename C::Full());
+      C::store(out + i + C::kSize, r1, typename C::Full());
     }
-    for (; i + C::kSize <= end; i += C::kSize) chunk(i, typename C::Full());
-    if (i < end) chunk(i, end - i);
+    for (; i < end; i += C::kSize) {
+      AccVec r[C::kParts];
+      if (i + C::kSize <= end) {
+        compute(i, typename C::Full(), r);
+        C::store(out + i, r, typename C::Full());
+      } else {
+        compute(i, end - i, r);
+        C::store(out + i, r, end - i);
+      }
+    }
   });
 }
 
