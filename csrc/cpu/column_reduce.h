@@ -146,7 +146,9 @@ std::vector<acc_t> channel_values_by_column(int kN, int64_t row_len, int64_t pad
     acc_t* out = columns.data() + n * padded_len;
     if (B == 1) {
       // channels_last: a column per channel, where std::fill's set-up would cost ~20 stores.
-      for (int64_t j = 0, c = 0; j < row_len; ++j, c = c + 1 == C ? 0 : c + 1) out[j] = value_of(n, c);
+      for (int64_t j = 0, c = 0; j < row_len; ++j, c = c + 1 == C ? 0 : c + 1) {
+        out[j] = value_of(n, c);
+      }
       continue;
     }
     for (int64_t j = 0, c = 0; j < row_len; j += B, c = c + 1 == C ? 0 : c + 1) {

@@ -157,7 +157,8 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
     at::parallel_for(0, rows, row_grain(L), [&](int64_t row_begin, int64_t row_end) {
       for (int64_t row = row_begin; row < row_end; ++row) {
         const auto [sum_d, sumsq_d] = shifted_sums(row, 0, D);
-        const auto [mean, rstd] = group_stats(static_cast<acc_t>(x[row * L]), sum_d, sumsq_d, L, p.eps);
+        const auto [mean, rstd] =
+            group_stats(static_cast<acc_t>(x[row * L]), sum_d, sumsq_d, L, p.eps);
         mean_out[row] = mean;
         rstd_out[row] = rstd;
         normalize(row, 0, D, mean, rstd);
@@ -440,8 +441,9 @@ void group_norm_fwd_channels_last_typed(const GroupNormFwdParams& p) {
       std::fill(shift.begin() + g * D, shift.begin() + (g + 1) * D, static_cast<acc_t>(xn[g * D]));
     }
     std::vector<SumAcc::State> channel_sums(channels);
-    column_reduce<SumAcc, T>(sample, threads, workspace, {shift.data()}, shifted_sums_of(xn),
-                             [&](int64_t c, const SumAcc::State& state) { channel_sums[c] = state; });
+    column_reduce<SumAcc, T>(
+        sample, threads, workspace, {shift.data()}, shifted_sums_of(xn),
+        [&](int64_t c, const SumAcc::State& state) { channel_sums[c] = state; });
     // Coefficients of the normalize pass: the group's mean, rstd * w[c], b[c].
     std::array<std::vector<acc_t>, 3> coefs;
     for (auto& coef : coefs) coef.resize(channels);
