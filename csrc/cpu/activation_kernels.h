@@ -68,16 +68,17 @@ void elementwise(const T* const (&in)[kIn], T* out, int64_t n, const F& f) {
       C::store(out + i, r0, typename C::Full());
       C::store(out + i + C::kSize, r1, typename C::Full());
     }
-    for (; i < end; i += C::kSize) {
+    // What is left: at most one whole chunk, then the partial one.
+    auto compute_store = [&](int64_t j, auto count) {
       AccVec r[C::kParts];
-      if (i + C::kSize <= end) {
-        compute(i, typename C::Full(), r);
-        C::store(out + i, r, typename C::Full());
-      } else {
-        compute(i, end - i, r);
-        C::store(out + i, r, end - i);
-      }
+      compute(j, count, r);
+      C::store(out + j, r, count);
+    };
+    if (i + C::kSize <= end) {
+      compute_store(i, typename C::Full());
+      i += C::kSize;
     }
+    if (i < end) compute_store(i, end - i);
   });
 }
 

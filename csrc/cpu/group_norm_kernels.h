@@ -91,7 +91,8 @@ std::pair<acc_t, acc_t> group_stats(acc_t shift, double sum_d, double sumsq_d, i
                                     double eps) {
   const double shifted_mean = sum_d / L;
   const double var = std::max(sumsq_d / L - shifted_mean * shifted_mean, 0.0);
-  return {static_cast<acc_t>(shift + shifted_mean), static_cast<acc_t>(1.0 / std::sqrt(var + eps))};
+  return {static_cast<acc_t>(shift + shifted_mean),
+          static_cast<acc_t>(1.0 / std::sqrt(var + eps))};
 }
 
 template <typename T, Activation kAct>
