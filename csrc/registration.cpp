@@ -110,9 +110,11 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def("activation_fwd(Tensor input, str kind, float[] args) -> Tensor");
   m.def("activation_bwd(Tensor grad_out, Tensor saved, str kind, float[] args) -> Tensor");
   // RReLU in training: the slopes, drawn by the caller with torch's generator, in `noise` (same
-  // shape as the input); y = input <= 0 ? input * noise : input.
-  m.def("rrelu_with_noise_fwd(Tensor input, Tensor noise) -> Tensor");
-  m.def("rrelu_with_noise_bwd(Tensor grad_out, Tensor input, Tensor noise) -> Tensor");
+  // shape as the input). The forward returns (y, slope) with slope = input <= 0 ? noise : 1 and
+  // y = input * slope, as torch's rrelu_with_noise leaves its noise; the backward is
+  // grad_out * slope, reading two tensors instead of three.
+  m.def("rrelu_with_noise_fwd(Tensor input, Tensor noise) -> (Tensor, Tensor)");
+  m.def("rrelu_with_noise_bwd(Tensor grad_out, Tensor slope) -> Tensor");
   // PReLU: weight of one element, or one per channel (input dim 1). An output whose output_mask
   // entry is false comes back as an empty [0] tensor.
   m.def("prelu_fwd(Tensor input, Tensor weight) -> Tensor");

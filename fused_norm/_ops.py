@@ -533,12 +533,12 @@ def _activation_bwd_fake(grad_out, saved, kind, args):
 
 @torch.library.register_fake("fused_norm::rrelu_with_noise_fwd")
 def _rrelu_with_noise_fwd_fake(input, noise):
-    return torch.empty_like(input)
+    return torch.empty_like(input), torch.empty_like(input)
 
 
 @torch.library.register_fake("fused_norm::rrelu_with_noise_bwd")
-def _rrelu_with_noise_bwd_fake(grad_out, input, noise):
-    return torch.empty_like(input)
+def _rrelu_with_noise_bwd_fake(grad_out, slope):
+    return torch.empty_like(slope)
 
 
 def _prelu_layout_empty(input, weight):
@@ -603,23 +603,25 @@ torch.library.register_autograd(
 
 
 def _rrelu_fwd_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    slope = output[1]
+    ctx.mark_non_differentiable(slope)
+    ctx.save_for_backward(slope)
 
 
-def _rrelu_fwd_backward(ctx, grad):
-    input, noise = ctx.saved_tensors
-    return ops.rrelu_with_noise_bwd(grad, input, noise), None
+def _rrelu_fwd_backward(ctx, grad, _grad_slope):
+    (slope,) = ctx.saved_tensors
+    return ops.rrelu_with_noise_bwd(grad, slope), None
 
 
 def _rrelu_bwd_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1], inputs[2])
+    ctx.save_for_backward(inputs[1])
 
 
 def _rrelu_bwd_backward(ctx, grad_dx):
-    """dx = dy * slope is linear in dy with a slope that is piecewise constant in x: its
-    dy-gradient is the backward op again, its x-gradient zero (almost everywhere)."""
-    input, noise = ctx.saved_tensors
-    return ops.rrelu_with_noise_bwd(grad_dx, input, noise), None, None
+    """dx = dy * slope is linear in dy: its dy-gradient is the backward op again. The slope is
+    not differentiable (piecewise constant in x)."""
+    (slope,) = ctx.saved_tensors
+    return ops.rrelu_with_noise_bwd(grad_dx, slope), None
 
 
 torch.library.register_autograd(

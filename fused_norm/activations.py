@@ -155,9 +155,10 @@ def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
         return _apply(input, inplace,
                       lambda x: ops.activation_fwd(x.contiguous(), "leaky_relu", slope))
     # One slope per element, drawn by torch's generator (torch.manual_seed reproduces it); only
-    # those of the elements <= 0 are used.
+    # those of the elements <= 0 are used. The op also returns the slopes it applied (1 for
+    # x > 0), which its backward multiplies by.
     noise = torch.empty(input.shape, dtype=input.dtype, device=input.device).uniform_(lower, upper)
-    return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(x.contiguous(), noise))
+    return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(x.contiguous(), noise)[0])
 
 
 def prelu(input, weight):

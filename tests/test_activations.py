@@ -197,8 +197,8 @@ def test_gradcheck_prelu(device, channels):
 def test_gradcheck_rrelu_with_noise(device):
     x = _prelu_input(device).requires_grad_()
     noise = torch.rand_like(x) * 0.3 + 0.1
-    assert torch.autograd.gradcheck(lambda t: ops.rrelu_with_noise_fwd(t, noise), (x,))
-    assert torch.autograd.gradgradcheck(lambda t: ops.rrelu_with_noise_fwd(t, noise), (x,))
+    assert torch.autograd.gradcheck(lambda t: ops.rrelu_with_noise_fwd(t, noise)[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ops.rrelu_with_noise_fwd(t, noise)[0], (x,))
 
 
 # (kind, args) of every kernel kind the functions use.
@@ -229,8 +229,8 @@ def test_opcheck_prelu_rrelu(device):
         torch.library.opcheck(ops.prelu_bwd, (dy, x, w, [True, False]))
     noise = torch.rand_like(x)
     torch.library.opcheck(ops.rrelu_with_noise_fwd, (x, noise))
-    torch.library.opcheck(ops.rrelu_with_noise_bwd, (torch.randn_like(x).requires_grad_(), x,
-                                                     noise))
+    slope = ops.rrelu_with_noise_fwd(x, noise)[1]
+    torch.library.opcheck(ops.rrelu_with_noise_bwd, (torch.randn_like(x).requires_grad_(), slope))
 
 
 def test_compile_fullgraph(device):

@@ -150,43 +150,42 @@ at::Tensor activation_bwd(const ActivationBackend& backend, const at::Tensor& gr
   return dx;
 }
 
-at::Tensor rrelu_with_noise_fwd(const ActivationBackend& backend, const at::Tensor& input,
-                                const at::Tensor& noise_in) {
+Tensor2 rrelu_with_noise_fwd(const ActivationBackend& backend, const at::Tensor& input,
+                             const at::Tensor& noise_in) {
   check_dtype(input, "rrelu_with_noise");
   check_like(noise_in, input, "rrelu_with_noise", "noise");
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = dense(input);
   const at::Tensor noise = laid_out_as(noise_in, x);
   at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  RreluParams p{};
+  at::Tensor slope = at::empty_like(x);
+  if (x.numel() == 0) return {y, slope};
+  RreluFwdParams p{};
   p.x = x.const_data_ptr();
   p.noise = noise.const_data_ptr();
-  p.out = y.mutable_data_ptr();
+  p.y = y.mutable_data_ptr();
+  p.slope = slope.mutable_data_ptr();
   p.numel = x.numel();
   p.dtype = to_dtype(x.scalar_type());
   backend.rrelu_fwd(p);
-  return y;
+  return {y, slope};
 }
 
 at::Tensor rrelu_with_noise_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
-                                const at::Tensor& input, const at::Tensor& noise_in) {
-  check_dtype(input, "rrelu_with_noise");
-  check_like(noise_in, input, "rrelu_with_noise_bwd", "noise");
-  check_grad_out("rrelu_with_noise_bwd", grad_out, input.sizes(), input);
-  c10::DeviceGuard device_guard(input.device());
-  const at::Tensor x = dense(input);
-  const at::Tensor noise = laid_out_as(noise_in, x);
-  const at::Tensor dy = laid_out_as(grad_out, x);
-  at::Tensor dx = at::empty_like(x);
-  if (x.numel() == 0) return dx;
-  RreluParams p{};
+                                const at::Tensor& slope_in) {
+  check_dtype(slope_in, "rrelu_with_noise");
+  check_grad_out("rrelu_with_noise_bwd", grad_out, slope_in.sizes(), slope_in);
+  c10::DeviceGuard device_guard(slope_in.device());
+  const at::Tensor slope = dense(slope_in);
+  const at::Tensor dy = laid_out_as(grad_out, slope);
+  at::Tensor dx = at::empty_like(slope);
+  if (slope.numel() == 0) return dx;
+  RreluBwdParams p{};
   p.dy = dy.const_data_ptr();
-  p.x = x.const_data_ptr();
-  p.noise = noise.const_data_ptr();
-  p.out = dx.mutable_data_ptr();
-  p.numel = x.numel();
-  p.dtype = to_dtype(x.scalar_type());
+  p.slope = slope.const_data_ptr();
+  p.dx = dx.mutable_data_ptr();
+  p.numel = slope.numel();
+  p.dtype = to_dtype(slope.scalar_type());
   backend.rrelu_bwd(p);
   return dx;
 }

@@ -18,8 +18,8 @@ namespace fused_norm {
 struct ActivationBackend {
   void (*fwd)(const ActivationFwdParams&);
   void (*bwd)(const ActivationBwdParams&);
-  void (*rrelu_fwd)(const RreluParams&);
-  void (*rrelu_bwd)(const RreluParams&);
+  void (*rrelu_fwd)(const RreluFwdParams&);
+  void (*rrelu_bwd)(const RreluBwdParams&);
   void (*prelu_fwd)(const PreluFwdParams&);
   void (*prelu_bwd)(const PreluBwdParams&);
   size_t (*prelu_bwd_workspace_bytes)(const PreluBwdParams&);
@@ -30,10 +30,10 @@ at::Tensor activation_fwd(const ActivationBackend& backend, const at::Tensor& in
 at::Tensor activation_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
                           const at::Tensor& saved, std::string_view kind,
                           c10::ArrayRef<double> args);
-at::Tensor rrelu_with_noise_fwd(const ActivationBackend& backend, const at::Tensor& input,
-                                const at::Tensor& noise);
+Tensor2 rrelu_with_noise_fwd(const ActivationBackend& backend, const at::Tensor& input,
+                             const at::Tensor& noise);
 at::Tensor rrelu_with_noise_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
-                                const at::Tensor& input, const at::Tensor& noise);
+                                const at::Tensor& slope);
 at::Tensor prelu_fwd(const ActivationBackend& backend, const at::Tensor& input,
                      const at::Tensor& weight);
 Tensor2 prelu_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
@@ -55,9 +55,8 @@ void register_activation_kernels(torch::Library& m) {
   m.impl("rrelu_with_noise_fwd", [](const at::Tensor& input, const at::Tensor& noise) {
     return rrelu_with_noise_fwd(kBackend(), input, noise);
   });
-  m.impl("rrelu_with_noise_bwd", [](const at::Tensor& grad_out, const at::Tensor& input,
-                                    const at::Tensor& noise) {
-    return rrelu_with_noise_bwd(kBackend(), grad_out, input, noise);
+  m.impl("rrelu_with_noise_bwd", [](const at::Tensor& grad_out, const at::Tensor& slope) {
+    return rrelu_with_noise_bwd(kBackend(), grad_out, slope);
   });
   m.impl("prelu_fwd", [](const at::Tensor& input, const at::Tensor& weight) {
     return prelu_fwd(kBackend(), input, weight);

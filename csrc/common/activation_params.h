@@ -69,13 +69,23 @@ struct ActivationBwdParams {
   ActivationArgs act;
 };
 
-// RReLU in training with its random slopes drawn (by torch's generator) into `noise`:
-//   y = x <= 0 ? x * noise : x,   dx = x <= 0 ? dy * noise : dy   (torch's rrelu_with_noise)
-struct RreluParams {
-  const void* dy;     // [numel], dtype; backward only
+// RReLU in training with its random slopes drawn (by torch's generator) into `noise`. The forward
+// also writes the slope it applied, which is all the backward needs (torch's rrelu_with_noise
+// leaves the same in its noise buffer):
+//   slope = x <= 0 ? noise : 1,   y = x * slope,   dx = dy * slope
+struct RreluFwdParams {
   const void* x;      // [numel], dtype
   const void* noise;  // [numel], dtype
-  void* out;          // [numel], dtype: y (forward) or dx (backward)
+  void* y;            // [numel], dtype
+  void* slope;        // [numel], dtype
+  int64_t numel;
+  DType dtype;
+};
+
+struct RreluBwdParams {
+  const void* dy;     // [numel], dtype
+  const void* slope;  // [numel], dtype: the forward's
+  void* dx;           // [numel], dtype
   int64_t numel;
   DType dtype;
 };

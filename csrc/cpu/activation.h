@@ -348,12 +348,13 @@ struct ActOp<ActKind::kSoftplus, acc_t> {
 template <typename acc_t>
 struct RreluNoiseOp {
   using V = Vectorized<acc_t>;
-  // Scalar math: y = x <= 0 ? x * r : x
-  C10_ALWAYS_INLINE V fwd(const V& x, const V& r) const { return V::blendv(x, x * r, x <= V(0)); }
-  // Scalar math: dx = x <= 0 ? dy * r : dy
-  C10_ALWAYS_INLINE V bwd(const V& dy, const V& x, const V& r) const {
-    return V::blendv(dy, dy * r, x <= V(0));
+  // Scalar math: slope = x <= 0 ? r : 1; y = x * slope. Returns {y, slope}.
+  C10_ALWAYS_INLINE std::array<V, 2> fwd(const V& x, const V& r) const {
+    const V slope = V::blendv(V(1), r, x <= V(0));
+    return {x * slope, slope};
   }
+  // Scalar math: dx = dy * slope
+  C10_ALWAYS_INLINE V bwd(const V& dy, const V& slope) const { return dy * slope; }
 };
 
 // Calls f(std::integral_constant<ActKind, kKind>()): the runtime kind as a template argument.

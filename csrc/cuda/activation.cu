@@ -46,47 +46,59 @@ template <typename Op>
 struct RreluForward {
   Op op;
   template <typename Acc>
-  __device__ __forceinline__ Acc operator()(Acc x, Acc r) const { return op.fwd(x, r); }
+  __device__ __forceinline__ auto operator()(Acc x, Acc r) const { return op.fwd(x, r); }
 };
 
 template <typename Op>
 struct RreluBackward {
   Op op;
   template <typename Acc>
-  __device__ __forceinline__ Acc operator()(Acc dy, Acc x, Acc r) const {
-    return op.bwd(dy, x, r);
-  }
+  __device__ __forceinline__ Acc operator()(Acc dy, Acc slope) const { return op.bwd(dy, slope); }
 };
 
-// Up to three inputs of one dtype, passed by value to the kernel.
+// One or two inputs, and one or two outputs, of one dtype, passed by value to the kernel.
 template <typename T, int kIn>
 struct Inputs {
   const T* p[kIn];
 };
 
-template <typename T, int kIn, typename F>
-__device__ __forceinline__ T apply(const F& f, const opmath_t<T> (&v)[kIn]) {
-  if constexpr (kIn == 1) {
-    return from_opmath<T>(f(v[0]));
-  } else if constexpr (kIn == 2) {
-    return from_opmath<T>(f(v[0], v[1]));
+template <typename T, int kOut>
+struct Outputs {
+  T* p[kOut];
+};
+
+// out[o] = output o of f over the inputs v: f returns one opmath value for one output, or a
+// struct whose v[o] holds output o.
+template <typename T, int kIn, int kOut, typename F>
+__device__ __forceinline__ void apply(const F& f, const opmath_t<T> (&v)[kIn], T (&out)[kOut]) {
+  static_assert(kIn == 1 || kIn == 2, "one or two inputs");
+  const auto result = [&] {
+    if constexpr (kIn == 1) {
+      return f(v[0]);
+    } else {
+      return f(v[0], v[1]);
+    }
+  }();
+  if constexpr (kOut == 1) {
+    out[0] = from_opmath<T>(result);
   } else {
-    return from_opmath<T>(f(v[0], v[1], v[2]));
+#pragma unroll
+    for (int o = 0; o < kOut; ++o) out[o] = from_opmath<T>(result.v[o]);
   }
 }
 
-// out[i] = f(in[0][i], ..., in[kIn-1][i]) in opmath, kVec elements per access (every pointer
-// aligned to kVec * sizeof(T)).
-template <typename T, int kIn, int kVec, typename F>
+// out[o][i] = f(in[0][i], ..., in[kIn-1][i])[o] in opmath, kVec elements per access (every
+// pointer aligned to kVec * sizeof(T)).
+template <typename T, int kIn, int kOut, int kVec, typename F>
 __global__ void __launch_bounds__(kThreads)
-    elementwise_kernel(Inputs<T, kIn> in,  // kIn x [n]
-                       T* __restrict__ out,  // [n]
+    elementwise_kernel(Inputs<T, kIn> in,     // kIn x [n]
+                       Outputs<T, kOut> out,  // kOut x [n]
                        int64_t n, F f) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t n_vec = n / kVec;
   for (int64_t v = first; v < n_vec; v += stride) {
-    vec_t<T, kVec> a[kIn], r;
+    vec_t<T, kVec> a[kIn], r[kOut];
 #pragma unroll
     for (int j = 0; j < kIn; ++j) a[j].load(in.p[j] + v * kVec);
 #pragma unroll
@@ -94,30 +106,39 @@ __global__ void __launch_bounds__(kThreads)
       opmath_t<T> args[kIn];
 #pragma unroll
       for (int j = 0; j < kIn; ++j) args[j] = to_opmath(a[j][k]);
-      r[k] = apply<T, kIn>(f, args);
+      T results[kOut];
+      apply<T, kIn, kOut>(f, args, results);
+#pragma unroll
+      for (int o = 0; o < kOut; ++o) r[o][k] = results[o];
     }
-    r.store(out + v * kVec);
+#pragma unroll
+    for (int o = 0; o < kOut; ++o) r[o].store(out.p[o] + v * kVec);
   }
   // The tail: fewer than kVec elements.
   for (int64_t i = n_vec * kVec + first; i < n; i += stride) {
     opmath_t<T> args[kIn];
 #pragma unroll
     for (int j = 0; j < kIn; ++j) args[j] = to_opmath(in.p[j][i]);
-    out[i] = apply<T, kIn>(f, args);
+    T results[kOut];
+    apply<T, kIn, kOut>(f, args, results);
+#pragma unroll
+    for (int o = 0; o < kOut; ++o) out.p[o][i] = results[o];
   }
 }
 
-template <typename T, int kIn, typename F>
-cudaError_t launch_elementwise(Inputs<T, kIn> in, T* out, int64_t n, F f, cudaStream_t stream) {
+template <typename T, int kIn, int kOut, typename F>
+cudaError_t launch_elementwise(Inputs<T, kIn> in, Outputs<T, kOut> out, int64_t n, F f,
+                               cudaStream_t stream) {
   constexpr int kVec = kVecWidth16<T>;
-  bool aligned = is_aligned(out, 16);
+  bool aligned = true;
   for (int j = 0; j < kIn; ++j) aligned = aligned && is_aligned(in.p[j], 16);
+  for (int o = 0; o < kOut; ++o) aligned = aligned && is_aligned(out.p[o], 16);
   if (aligned) {
-    return launch_blocks(elementwise_kernel<T, kIn, kVec, F>, grid_for(ceil_div(n, kVec)),
+    return launch_blocks(elementwise_kernel<T, kIn, kOut, kVec, F>, grid_for(ceil_div(n, kVec)),
                          kThreads, 1, stream, in, out, n, f);
   }
-  return launch_blocks(elementwise_kernel<T, kIn, 1, F>, grid_for(n), kThreads, 1, stream, in,
-                       out, n, f);
+  return launch_blocks(elementwise_kernel<T, kIn, kOut, 1, F>, grid_for(n), kThreads, 1, stream,
+                       in, out, n, f);
 }
 
 // Calls f(std::integral_constant<ActKind, kKind>()): the runtime kind as a template argument.
@@ -216,7 +237,7 @@ cudaError_t activation_fwd(const ActivationFwdParams& p, cudaStream_t stream) {
     return dispatch_act_kind(p.act.kind, [&](auto kind) {
       const Forward<ActOp<decltype(kind)::value, Acc>> f{ActOp<decltype(kind)::value, Acc>(p.act)};
       return launch_elementwise(Inputs<T, 1>{{static_cast<const T*>(p.x)}},
-                                static_cast<T*>(p.y), p.numel, f, stream);
+                                Outputs<T, 1>{{static_cast<T*>(p.y)}}, p.numel, f, stream);
     });
   });
 }
@@ -231,30 +252,30 @@ cudaError_t activation_bwd(const ActivationBwdParams& p, cudaStream_t stream) {
           ActOp<decltype(kind)::value, Acc>(p.act)};
       return launch_elementwise(
           Inputs<T, 2>{{static_cast<const T*>(p.dy), static_cast<const T*>(p.saved)}},
-          static_cast<T*>(p.dx), p.numel, f, stream);
+          Outputs<T, 1>{{static_cast<T*>(p.dx)}}, p.numel, f, stream);
     });
   });
 }
 
-cudaError_t rrelu_fwd(const RreluParams& p, cudaStream_t stream) {
+cudaError_t rrelu_fwd(const RreluFwdParams& p, cudaStream_t stream) {
   if (p.numel <= 0) return cudaErrorInvalidValue;
   return dispatch_dtypes(p.dtype, p.dtype, false, [&](auto t, auto) {
     using T = typename decltype(t)::type;
     return launch_elementwise(
         Inputs<T, 2>{{static_cast<const T*>(p.x), static_cast<const T*>(p.noise)}},
-        static_cast<T*>(p.out), p.numel, RreluForward<RreluNoiseOp<opmath_t<T>>>{}, stream);
+        Outputs<T, 2>{{static_cast<T*>(p.y), static_cast<T*>(p.slope)}}, p.numel,
+        RreluForward<RreluNoiseOp<opmath_t<T>>>{}, stream);
   });
 }
 
-cudaError_t rrelu_bwd(const RreluParams& p, cudaStream_t stream) {
+cudaError_t rrelu_bwd(const RreluBwdParams& p, cudaStream_t stream) {
   if (p.numel <= 0) return cudaErrorInvalidValue;
   return dispatch_dtypes(p.dtype, p.dtype, false, [&](auto t, auto) {
     using T = typename decltype(t)::type;
-    return launch_elementwise(Inputs<T, 3>{{static_cast<const T*>(p.dy),
-                                            static_cast<const T*>(p.x),
-                                            static_cast<const T*>(p.noise)}},
-                              static_cast<T*>(p.out), p.numel,
-                              RreluBackward<RreluNoiseOp<opmath_t<T>>>{}, stream);
+    return launch_elementwise(
+        Inputs<T, 2>{{static_cast<const T*>(p.dy), static_cast<const T*>(p.slope)}},
+        Outputs<T, 1>{{static_cast<T*>(p.dx)}}, p.numel,
+        RreluBackward<RreluNoiseOp<opmath_t<T>>>{}, stream);
   });
 }
 

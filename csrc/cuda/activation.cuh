@@ -208,13 +208,18 @@ struct ActOp<ActKind::kSoftplus, Acc> {
   }
 };
 
-// RReLU with drawn slopes r (torch's rrelu_with_noise): the branch is x <= 0.
+// RReLU with drawn slopes r (torch's rrelu_with_noise): the branch is x <= 0. The forward gives
+// {y, slope} (as activation.cu's Results), the backward only needs the slope.
 template <typename Acc>
 struct RreluNoiseOp {
-  __device__ __forceinline__ Acc fwd(Acc x, Acc r) const { return x <= Acc(0) ? x * r : x; }
-  __device__ __forceinline__ Acc bwd(Acc dy, Acc x, Acc r) const {
-    return x <= Acc(0) ? dy * r : dy;
+  struct Result {
+    Acc v[2];
+  };
+  __device__ __forceinline__ Result fwd(Acc x, Acc r) const {
+    const Acc slope = x <= Acc(0) ? r : Acc(1);
+    return {{x * slope, slope}};
   }
+  __device__ __forceinline__ Acc bwd(Acc dy, Acc slope) const { return dy * slope; }
 };
 
 }  // namespace cuda

@@ -14,8 +14,8 @@ namespace cuda {
 
 cudaError_t activation_fwd(const ActivationFwdParams& p, cudaStream_t stream);
 cudaError_t activation_bwd(const ActivationBwdParams& p, cudaStream_t stream);
-cudaError_t rrelu_fwd(const RreluParams& p, cudaStream_t stream);
-cudaError_t rrelu_bwd(const RreluParams& p, cudaStream_t stream);
+cudaError_t rrelu_fwd(const RreluFwdParams& p, cudaStream_t stream);
+cudaError_t rrelu_bwd(const RreluBwdParams& p, cudaStream_t stream);
 cudaError_t prelu_fwd(const PreluFwdParams& p, cudaStream_t stream);
 cudaError_t prelu_bwd(const PreluBwdParams& p, cudaStream_t stream);
 size_t prelu_bwd_workspace_bytes(const PreluBwdParams& p);

@@ -20,10 +20,10 @@ const ActivationBackend& cuda_activation_backend() {
       [](const ActivationBwdParams& p) {
         C10_CUDA_CHECK(activation_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
-      [](const RreluParams& p) {
+      [](const RreluFwdParams& p) {
         C10_CUDA_CHECK(rrelu_fwd(p, at::cuda::getCurrentCUDAStream()));
       },
-      [](const RreluParams& p) {
+      [](const RreluBwdParams& p) {
         C10_CUDA_CHECK(rrelu_bwd(p, at::cuda::getCurrentCUDAStream()));
       },
       [](const PreluFwdParams& p) {
