@@ -32,6 +32,10 @@ LAYOUTS = [
     pytest.param((2, 3, 3, 4, 5), "contiguous", id="5d"),
     pytest.param((2, 3, 3, 4, 5), "channels_last_3d", id="5d-channels-last"),
     pytest.param((2, 4, 10, 12), "strided", id="4d-strided"),
+    # NCHW planes of more than a few vectors take the CPU's by-channel backward: odd planes (a
+    # partial last chunk), planes longer than its block of sums, and a larger case.
+    pytest.param((3, 16, 9, 9), "contiguous", id="4d-odd-planes"),
+    pytest.param((2, 16, 48, 48), "contiguous", id="4d-long-planes"),
     pytest.param((16, 64, 32, 32), "contiguous", id="4d-large"),
     pytest.param((16, 64, 32, 32), "channels_last", id="4d-large-channels-last"),
 ]
@@ -211,14 +215,16 @@ def test_nan_and_inf_propagate_like_torch(device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("fused", ["relu", "add_relu"])
-def test_fused_forms(device, layout, dtype, training, fused):
-    shape = (4, 8, 6, 5)
+# The second shape's NCHW backward takes the CPU's by-channel path (the first's planes are short).
+@pytest.mark.parametrize("shape", [(4, 8, 6, 5), (2, 16, 12, 12)], ids=["short", "by-channel"])
+def test_fused_forms(device, layout, dtype, training, fused, shape):
+    C = shape[1]
     x = make_input(shape, layout, dtype, device).requires_grad_()
     residual = make_input(shape, layout, dtype, device).requires_grad_() if fused == "add_relu" else None
-    w, b = make_params(8, dtype, device)
+    w, b = make_params(C, dtype, device)
     w.requires_grad_()
     b.requires_grad_()
-    rm, rv = make_running(8, dtype, device)
+    rm, rv = make_running(C, dtype, device)
     rm_ours, rv_ours = rm.clone(), rv.clone()
     if residual is None:
         y = fused_norm.batch_norm_relu(x, rm_ours, rv_ours, w, b, training)
@@ -237,7 +243,7 @@ def test_fused_forms(device, layout, dtype, training, fused):
     # float64's: compare only where the float64 pre-activation is clearly away from 0.
     pre = ref_forward(x, rm, rv, w, b, training, residual=residual)[0].double()
     clear = pre.abs() > 4 * torch.finfo(dtype).eps * (1 + pre.abs())
-    rows = x.numel() // 8
+    rows = x.numel() // C
     assert_close(grads[0] * clear, (ref[0] * clear).to(dtype), dtype, "bwd", msg="dx")
     assert_close(grads[1], ref[1].to(dtype), dtype, "wgrad", rows, msg="dweight")
     assert_close(grads[2], ref[2].to(dtype), dtype, "wgrad", rows, msg="dbias")

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
@@ -191,6 +192,130 @@ void update_running_stats(const std::optional<at::Tensor>& running_mean,
   }
 }
 
+// The tensors the backward passes read, in the kernels' layout, kept alive while they run.
+struct BwdOperands {
+  ColumnLayout layout;
+  at::Tensor x, dy, y, mean;  // y: the ReLU output, or undefined
+
+  BwdOperands(const at::Tensor& input, const at::Tensor& grad_out, const at::Tensor& mean_in,
+              const std::optional<at::Tensor>& relu_output)
+      : layout(ColumnLayout::of(input)),
+        x(layout.arrange(input)),
+        dy(layout.arrange(grad_out)),
+        y(defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor()),
+        mean(stats_for_kernel(mean_in, input)) {}
+};
+
+// The sums of the reduction pass, and the residual's gradient g when it is wanted (only with a
+// ReLU: without one it is grad_out itself, which the caller uses directly).
+struct BwdSums {
+  at::Tensor sum_dy, sum_dy_xmu, g;
+
+  BwdSums(const at::Tensor& input, const ColumnLayout& layout, bool write_g)
+      : sum_dy(at::empty({layout.shape.C},
+                         input.options().dtype(stats_dtype(input.scalar_type())))),
+        sum_dy_xmu(at::empty_like(sum_dy)),
+        g(write_g ? layout.empty(input) : at::empty({0}, input.options())) {}
+};
+
+ColumnNormBwdReduceParams reduce_params(const ColumnNormBackend& backend, const BwdOperands& o,
+                                        BwdSums& sums, bool write_g) {
+  ColumnNormBwdReduceParams p{};
+  p.dy = o.dy.const_data_ptr();
+  p.x = o.x.const_data_ptr();
+  p.y = o.y.defined() ? o.y.const_data_ptr() : nullptr;
+  p.mean = o.mean.const_data_ptr();
+  p.sum_dy = sums.sum_dy.mutable_data_ptr();
+  p.sum_dy_xmu = sums.sum_dy_xmu.mutable_data_ptr();
+  p.g = write_g ? sums.g.mutable_data_ptr() : nullptr;
+  p.shape = o.layout.shape;
+  p.x_dtype = to_dtype(o.x.scalar_type());
+  p.parallelism = backend.parallelism(o.x);
+  return p;
+}
+
+// The dx pass's parameters; sum_dy and sum_dy_xmu undefined in eval. The kernel reads them and
+// var, weight (kept alive by the caller) through the returned pointers.
+ColumnNormBwdElemtParams elemt_params(const BwdOperands& o, const at::Tensor& var,
+                                      const std::optional<at::Tensor>& weight,
+                                      const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu,
+                                      at::Tensor& dx, double eps, int64_t count) {
+  ColumnNormBwdElemtParams p{};
+  p.dy = o.dy.const_data_ptr();
+  p.x = o.x.const_data_ptr();
+  p.y = o.y.defined() ? o.y.const_data_ptr() : nullptr;
+  p.mean = o.mean.const_data_ptr();
+  p.var = var.const_data_ptr();
+  p.weight = data_or_null(weight);
+  p.sum_dy = sum_dy.defined() ? sum_dy.const_data_ptr() : nullptr;
+  p.sum_dy_xmu = sum_dy_xmu.defined() ? sum_dy_xmu.const_data_ptr() : nullptr;
+  p.dx = dx.mutable_data_ptr();
+  p.shape = o.layout.shape;
+  p.eps = eps;
+  p.count = static_cast<double>(count);
+  p.x_dtype = to_dtype(o.x.scalar_type());
+  p.param_dtype = param_dtype_of(o.x, weight, std::nullopt);
+  return p;
+}
+
+void check_bwd_operands(const at::Tensor& grad_out, const at::Tensor& input,
+                        const at::Tensor& mean, const std::optional<at::Tensor>& relu_output) {
+  check_input(input);
+  check_grad_out("batch_norm", grad_out, input.sizes(), input);
+  check_per_channel("mean", mean, input);
+  if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
+}
+
+// The reduction pass after its checks, on a non-empty problem.
+void run_bwd_reduce(const ColumnNormBackend& backend, ColumnNormBwdReduceParams& p,
+                    const at::Tensor& like) {
+  const at::Tensor workspace =
+      workspace_for(like, backend.reduce_workspace_bytes(p.shape, p.x_dtype, p.parallelism));
+  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
+  backend.bwd_reduce(p);
+}
+
+// Training's two backward passes, sums then dx: one backend call where the backend has one that
+// takes this shape, else the two. Returns the sums (with the residual's gradient when
+// want_grad_residual) and dx.
+std::tuple<BwdSums, at::Tensor> training_bwd(const ColumnNormBackend& backend,
+                                             const at::Tensor& grad_out, const at::Tensor& input,
+                                             const at::Tensor& mean, const at::Tensor& var_in,
+                                             const std::optional<at::Tensor>& weight_in,
+                                             const std::optional<at::Tensor>& relu_output,
+                                             bool want_grad_residual, double eps) {
+  check_bwd_operands(grad_out, input, mean, relu_output);
+  check_per_channel("var", var_in, input);
+  check_params(input, weight_in, std::nullopt);
+  c10::DeviceGuard device_guard(input.device());
+  const ColumnLayout layout = ColumnLayout::of(input);
+  const bool write_g = want_grad_residual && defined(relu_output);
+  BwdSums sums(input, layout, write_g);
+  at::Tensor dx = layout.empty(input);
+  if (layout.empty_problem()) {
+    sums.sum_dy.zero_();
+    sums.sum_dy_xmu.zero_();
+    return {sums, dx};
+  }
+  const BwdOperands operands(input, grad_out, mean, relu_output);
+  const at::Tensor var = stats_for_kernel(var_in, input);
+  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
+  ColumnNormBwdReduceParams reduce = reduce_params(backend, operands, sums, write_g);
+  ColumnNormBwdElemtParams elemt =
+      elemt_params(operands, var, weight, sums.sum_dy, sums.sum_dy_xmu, dx, eps,
+                   layout.per_channel());
+  if (backend.bwd_fused != nullptr && backend.bwd_fused(reduce, elemt)) return {sums, dx};
+  run_bwd_reduce(backend, reduce, operands.x);
+  if (write_g) {
+    // The dx pass reads the masked gradient just written in place of grad_out and the ReLU
+    // output: one stream of the input's size fewer.
+    elemt.dy = sums.g.const_data_ptr();
+    elemt.y = nullptr;
+  }
+  backend.bwd_elemt(elemt);
+  return {sums, dx};
+}
+
 }  // namespace
 
 Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& input) {
@@ -235,62 +360,36 @@ at::Tensor batch_norm_elemt(const ColumnNormBackend& backend, const at::Tensor& 
 }
 
 Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor& grad_out,
-                              const at::Tensor& input, const at::Tensor& mean_in,
+                              const at::Tensor& input, const at::Tensor& mean,
                               const std::optional<at::Tensor>& relu_output,
                               bool want_grad_residual) {
-  check_input(input);
-  check_grad_out("batch_norm", grad_out, input.sizes(), input);
-  check_per_channel("mean", mean_in, input);
-  if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
+  check_bwd_operands(grad_out, input, mean, relu_output);
   c10::DeviceGuard device_guard(input.device());
   const ColumnLayout layout = ColumnLayout::of(input);
-  const auto options = input.options().dtype(stats_dtype(input.scalar_type()));
-  at::Tensor sum_dy = at::empty({layout.shape.C}, options);
-  at::Tensor sum_dy_xmu = at::empty({layout.shape.C}, options);
-  // Without ReLU the residual's gradient is grad_out itself: the caller uses it directly.
   const bool write_g = want_grad_residual && defined(relu_output);
-  at::Tensor g = write_g ? layout.empty(input) : at::empty({0}, input.options());
+  BwdSums sums(input, layout, write_g);
   if (layout.empty_problem()) {
-    sum_dy.zero_();
-    sum_dy_xmu.zero_();
-    return {sum_dy, sum_dy_xmu, g};
+    sums.sum_dy.zero_();
+    sums.sum_dy_xmu.zero_();
+    return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
   }
-  const at::Tensor x = layout.arrange(input);
-  const at::Tensor dy = layout.arrange(grad_out);
-  const at::Tensor y = defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor();
-  const at::Tensor mean = stats_for_kernel(mean_in, input);
-  ColumnNormBwdReduceParams p{};
-  p.dy = dy.const_data_ptr();
-  p.x = x.const_data_ptr();
-  p.y = y.defined() ? y.const_data_ptr() : nullptr;
-  p.mean = mean.const_data_ptr();
-  p.sum_dy = sum_dy.mutable_data_ptr();
-  p.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
-  p.g = write_g ? g.mutable_data_ptr() : nullptr;
-  p.shape = layout.shape;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.parallelism = backend.parallelism(x);
-  const at::Tensor workspace =
-      workspace_for(x, backend.reduce_workspace_bytes(p.shape, p.x_dtype, p.parallelism));
-  if (workspace.defined()) p.workspace = workspace.mutable_data_ptr();
-  backend.bwd_reduce(p);
-  return {sum_dy, sum_dy_xmu, g};
+  const BwdOperands operands(input, grad_out, mean, relu_output);
+  ColumnNormBwdReduceParams p = reduce_params(backend, operands, sums, write_g);
+  run_bwd_reduce(backend, p, operands.x);
+  return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
 }
 
 at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tensor& grad_out,
-                                const at::Tensor& input, const at::Tensor& mean_in,
+                                const at::Tensor& input, const at::Tensor& mean,
                                 const at::Tensor& var_in,
                                 const std::optional<at::Tensor>& weight_in,
                                 const std::optional<at::Tensor>& relu_output,
                                 const std::optional<at::Tensor>& sum_dy_in,
                                 const std::optional<at::Tensor>& sum_dy_xmu_in, double eps,
                                 int64_t count) {
-  check_input(input);
-  check_grad_out("batch_norm", grad_out, input.sizes(), input);
-  check_per_channel("mean", mean_in, input);
+  check_bwd_operands(grad_out, input, mean, relu_output);
   check_per_channel("var", var_in, input);
   check_params(input, weight_in, std::nullopt);
-  if (defined(relu_output)) check_like_input("relu_output", *relu_output, input);
   TORCH_CHECK(defined(sum_dy_in) == defined(sum_dy_xmu_in),
               "batch_norm_bwd_elemt: sum_dy and sum_dy_xmu are given together (training) or "
               "not at all (eval)");
@@ -307,33 +406,15 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   TORCH_CHECK(!training || count >= layout.per_channel(),
               message("batch_norm_bwd_elemt: count must be at least the ", layout.per_channel(),
                       " elements per channel of the input, but got ", count));
-  const at::Tensor x = layout.arrange(input);
-  const at::Tensor dy = layout.arrange(grad_out);
-  const at::Tensor y = defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor();
-  const at::Tensor mean = stats_for_kernel(mean_in, input);
+  const BwdOperands operands(input, grad_out, mean, relu_output);
   const at::Tensor var = stats_for_kernel(var_in, input);
   const std::optional<at::Tensor> weight = flat_or_none(weight_in);
   const at::Tensor sum_dy = training ? stats_for_kernel(*sum_dy_in, input) : at::Tensor();
   const at::Tensor sum_dy_xmu = training ? stats_for_kernel(*sum_dy_xmu_in, input) : at::Tensor();
-  ColumnNormBwdElemtParams p{};
-  p.dy = dy.const_data_ptr();
-  p.x = x.const_data_ptr();
-  p.y = y.defined() ? y.const_data_ptr() : nullptr;
-  p.mean = mean.const_data_ptr();
-  p.var = var.const_data_ptr();
-  p.weight = data_or_null(weight);
-  p.sum_dy = training ? sum_dy.const_data_ptr() : nullptr;
-  p.sum_dy_xmu = training ? sum_dy_xmu.const_data_ptr() : nullptr;
-  p.dx = dx.mutable_data_ptr();
-  p.shape = layout.shape;
-  p.eps = eps;
-  p.count = static_cast<double>(count);
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.param_dtype = param_dtype_of(x, weight, std::nullopt);
-  backend.bwd_elemt(p);
+  backend.bwd_elemt(
+      elemt_params(operands, var, weight, sum_dy, sum_dy_xmu, dx, eps, count));
   return dx;
 }
-
 
 Tensor3 batch_norm_fwd(const ColumnNormBackend& backend, const at::Tensor& input,
                        const std::optional<at::Tensor>& weight,
@@ -373,34 +454,37 @@ Tensor4 batch_norm_bwd(const ColumnNormBackend& backend, const at::Tensor& grad_
   // Unwanted outputs are empty, each its own tensor: outputs of an op must not alias.
   const auto unwanted = [&] { return at::empty({0}, input.options()); };
   at::Tensor grad_input, grad_weight, grad_bias, grad_residual;
-  std::optional<at::Tensor> sum_dy, sum_dy_xmu;
   // The reduction pass also writes the residual's gradient (grad_out masked by the ReLU): it
   // runs whenever that is wanted, even when its sums are not.
-  if ((training && need_input) || need_weight || need_bias || need_residual) {
+  at::Tensor sum_dy, sum_dy_xmu;
+  if (training && need_input) {
+    auto [sums, dx] = training_bwd(backend, grad_out, input, mean, var, weight, relu_output,
+                                   need_residual, eps);
+    sum_dy = sums.sum_dy;
+    sum_dy_xmu = sums.sum_dy_xmu;
+    if (need_residual) grad_residual = sums.g;
+    grad_input = dx;
+  } else if (need_weight || need_bias || need_residual) {
     auto [sums_dy, sums_dy_xmu, masked] =
         batch_norm_bwd_reduce(backend, grad_out, input, mean, relu_output, need_residual);
+    sum_dy = sums_dy;
+    sum_dy_xmu = sums_dy_xmu;
     if (need_residual) grad_residual = masked;
-    // An empty batch has NaN statistics but sums of zero, and torch's zero weight gradient.
-    if (need_weight && per_channel_count(input) == 0) {
-      grad_weight = at::zeros(weight->sizes(), weight->options());
-    } else if (need_weight) {
-      grad_weight = sums_dy_xmu.mul(var.to(sums_dy_xmu.scalar_type()).add(eps).rsqrt_())
-                        .view(weight->sizes())
-                        .to(weight->scalar_type());
-    }
-    if (need_bias) grad_bias = sums_dy.view(bias->sizes()).to(bias->scalar_type());
-    if (training) {
-      sum_dy = sums_dy;
-      sum_dy_xmu = sums_dy_xmu;
-    }
   }
-  if (need_input) {
-    // With the masked gradient written (the residual's), the dx pass reads it in place of
-    // grad_out and the ReLU output: one stream of the input's size fewer.
-    grad_input = batch_norm_bwd_elemt(
-        backend, need_residual ? grad_residual : grad_out, input, mean, var, weight,
-        need_residual ? std::nullopt : relu_output, sum_dy, sum_dy_xmu, eps,
-        training ? per_channel_count(input) : 1);
+  // An empty batch has NaN statistics but sums of zero, and torch's zero weight gradient.
+  if (need_weight && per_channel_count(input) == 0) {
+    grad_weight = at::zeros(weight->sizes(), weight->options());
+  } else if (need_weight) {
+    grad_weight = sum_dy_xmu.mul(var.to(sum_dy_xmu.scalar_type()).add(eps).rsqrt_())
+                      .view(weight->sizes())
+                      .to(weight->scalar_type());
+  }
+  if (need_bias) grad_bias = sum_dy.view(bias->sizes()).to(bias->scalar_type());
+  if (need_input && !training) {
+    // As in training_bwd: with the masked gradient written, the dx pass reads it.
+    grad_input = batch_norm_bwd_elemt(backend, need_residual ? grad_residual : grad_out, input,
+                                      mean, var, weight, need_residual ? std::nullopt : relu_output,
+                                      std::nullopt, std::nullopt, eps, 1);
   }
   for (at::Tensor* grad : {&grad_input, &grad_weight, &grad_bias, &grad_residual}) {
     if (!grad->defined()) *grad = unwanted();

@@ -25,6 +25,11 @@ struct ColumnNormBackend {
   size_t (*reduce_workspace_bytes)(const ColumnShape& shape, DType x_dtype, int parallelism);
   // How many independent workers the device has for `t` (CPU threads, CUDA multiprocessors).
   int (*parallelism)(const at::Tensor& t);
+  // Optional (nullptr: none): training's bwd_reduce then bwd_elemt in one call, where the device
+  // does them better together (elemt's sums are reduce's outputs). Returns false, having done
+  // nothing, for a shape it leaves to the two.
+  bool (*bwd_fused)(const ColumnNormBwdReduceParams& reduce,
+                    const ColumnNormBwdElemtParams& elemt);
 };
 
 Tensor2 batch_norm_stats(const ColumnNormBackend& backend, const at::Tensor& input);

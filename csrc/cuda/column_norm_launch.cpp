@@ -29,7 +29,8 @@ const ColumnNormBackend& cuda_column_backend() {
       column_reduce_workspace_bytes,
       // The elementwise kernels take the SM count of the current device themselves: this must
       // be the same number (the tensors are on the current device under the caller's guard).
-      multiprocessors_of};
+      multiprocessors_of,
+      /*bwd_fused=*/nullptr};
   return backend;
 }
 
