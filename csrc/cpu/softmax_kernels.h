@@ -272,20 +272,35 @@ constexpr int kTileChunks = 4;
 template <int kChunks>
 using ChunksTag = std::integral_constant<int, kChunks>;
 
+// The width of the pieces of B that the strided passes share among threads: `preferred`, or
+// fewer whole chunks where A * B holds too few such pieces for every thread to get one (a dim-0
+// softmax of a [8192, 128] tensor is one 128-wide piece: one thread for all of it).
+template <typename T>
+int64_t strided_piece_width(int64_t A, int64_t B, int64_t preferred, int parallelism) {
+  constexpr int64_t kChunk = Chunk<T>::kSize;
+  const int64_t threads = std::max(1, parallelism);
+  if (A * ((B + preferred - 1) / preferred) >= threads) return preferred;
+  const int64_t pieces_per_a = (threads + A - 1) / A;
+  const int64_t width = (B + pieces_per_a - 1) / pieces_per_a;
+  return std::min(preferred, std::max(kChunk, (width + kChunk - 1) / kChunk * kChunk));
+}
+
 // Calls f(a, b, ChunksTag<kChunks>, count) over the [A, *, B] problem, in parallel: whole tiles
 // as kTileChunks full chunks, the rest of a row of B one chunk at a time, the last with count
-// (the elements left, below a chunk) instead of Chunk<T>::Full.
+// (the elements left, below a chunk) instead of Chunk<T>::Full. Pieces narrower than a tile
+// (strided_piece_width) go chunk by chunk.
 template <typename T, typename F>
-void for_each_tile(int64_t A, int64_t C, int64_t B, F&& f) {
+void for_each_tile(int64_t A, int64_t C, int64_t B, int parallelism, F&& f) {
   using Ch = Chunk<T>;
   constexpr int64_t kTile = kTileChunks * Ch::kSize;
-  const int64_t tiles_per_a = (B + kTile - 1) / kTile;
-  at::parallel_for(0, A * tiles_per_a, softmax_grain(C * std::min(B, kTile)),
+  const int64_t width = strided_piece_width<T>(A, B, kTile, parallelism);
+  const int64_t tiles_per_a = (B + width - 1) / width;
+  at::parallel_for(0, A * tiles_per_a, softmax_grain(C * std::min(B, width)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t item = begin; item < end; ++item) {
                        const int64_t a = item / tiles_per_a;
-                       const int64_t b_begin = (item % tiles_per_a) * kTile;
-                       const int64_t b_end = std::min(B, b_begin + kTile);
+                       const int64_t b_begin = (item % tiles_per_a) * width;
+                       const int64_t b_end = std::min(B, b_begin + width);
                        if (b_end - b_begin == kTile) {
                          f(a, b_begin, ChunksTag<kTileChunks>(), typename Ch::Full());
                          continue;
@@ -322,7 +337,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
   const int64_t C = p.C, B = p.B;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-  for_each_tile<T>(p.A, C, B, [&](int64_t a, int64_t b, auto chunks, auto count) {
+  for_each_tile<T>(p.A, C, B, p.parallelism, [&](int64_t a, int64_t b, auto chunks, auto count) {
     constexpr int kChunks = decltype(chunks)::value;
     const T* xs = x + a * C * B + b;
     T* ys = y + a * C * B + b;
@@ -399,15 +414,16 @@ void softmax_strided_bwd(const SoftmaxBwdParams& p) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
-  const int64_t tiles_per_a = (B + kWideTile - 1) / kWideTile;
-  at::parallel_for(0, p.A * tiles_per_a, softmax_grain(C * std::min(B, kWideTile)),
+  const int64_t width = strided_piece_width<T>(p.A, B, kWideTile, p.parallelism);
+  const int64_t tiles_per_a = (B + width - 1) / width;
+  at::parallel_for(0, p.A * tiles_per_a, softmax_grain(C * std::min(B, width)),
                    [&](int64_t begin, int64_t end) {
     // Whole chunks of accumulators: the tail chunk's extra lanes add zeros (count loads).
-    std::vector<acc_t> sums(kWideTile + Ch::kSize), parts(kWideTile + Ch::kSize);
+    std::vector<acc_t> sums(width + Ch::kSize), parts(width + Ch::kSize);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t a = item / tiles_per_a;
-      const int64_t b = (item % tiles_per_a) * kWideTile;
-      const int64_t w = std::min(B - b, kWideTile);
+      const int64_t b = (item % tiles_per_a) * width;
+      const int64_t w = std::min(B - b, width);
       const int64_t offset = a * C * B + b;
       // softmax: s = sum(dy * y); log_softmax: s = sum(dy), per element of B, in blocks of c.
       std::fill(sums.begin(), sums.end(), acc_t(0));
