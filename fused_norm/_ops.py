@@ -605,10 +605,15 @@ torch.library.register_autograd(
 def _rrelu_fwd_setup(ctx, inputs, output):
     slope = output[1]
     ctx.mark_non_differentiable(slope)
+    # The slope gets no gradient: without this, autograd would fill a zero tensor of the input's
+    # size for it on every backward (more than the backward itself).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(slope)
 
 
 def _rrelu_fwd_backward(ctx, grad, _grad_slope):
+    if grad is None:  # grads are not materialized (above)
+        return None, None
     (slope,) = ctx.saved_tensors
     return ops.rrelu_with_noise_bwd(grad, slope), None
 
