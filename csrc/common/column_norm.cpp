@@ -197,9 +197,10 @@ struct BwdOperands {
   ColumnLayout layout;
   at::Tensor x, dy, y, mean;  // y: the ReLU output, or undefined
 
-  BwdOperands(const at::Tensor& input, const at::Tensor& grad_out, const at::Tensor& mean_in,
+  BwdOperands(const ColumnLayout& input_layout, const at::Tensor& input,
+              const at::Tensor& grad_out, const at::Tensor& mean_in,
               const std::optional<at::Tensor>& relu_output)
-      : layout(ColumnLayout::of(input)),
+      : layout(input_layout),
         x(layout.arrange(input)),
         dy(layout.arrange(grad_out)),
         y(defined(relu_output) ? layout.arrange(*relu_output) : at::Tensor()),
@@ -297,7 +298,7 @@ std::tuple<BwdSums, at::Tensor> training_bwd(const ColumnNormBackend& backend,
     sums.sum_dy_xmu.zero_();
     return {sums, dx};
   }
-  const BwdOperands operands(input, grad_out, mean, relu_output);
+  const BwdOperands operands(layout, input, grad_out, mean, relu_output);
   const at::Tensor var = stats_for_kernel(var_in, input);
   const std::optional<at::Tensor> weight = flat_or_none(weight_in);
   ColumnNormBwdReduceParams reduce = reduce_params(backend, operands, sums, write_g);
@@ -373,7 +374,7 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
     sums.sum_dy_xmu.zero_();
     return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
   }
-  const BwdOperands operands(input, grad_out, mean, relu_output);
+  const BwdOperands operands(layout, input, grad_out, mean, relu_output);
   ColumnNormBwdReduceParams p = reduce_params(backend, operands, sums, write_g);
   run_bwd_reduce(backend, p, operands.x);
   return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
@@ -406,7 +407,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   TORCH_CHECK(!training || count >= layout.per_channel(),
               message("batch_norm_bwd_elemt: count must be at least the ", layout.per_channel(),
                       " elements per channel of the input, but got ", count));
-  const BwdOperands operands(input, grad_out, mean, relu_output);
+  const BwdOperands operands(layout, input, grad_out, mean, relu_output);
   const at::Tensor var = stats_for_kernel(var_in, input);
   const std::optional<at::Tensor> weight = flat_or_none(weight_in);
   const at::Tensor sum_dy = training ? stats_for_kernel(*sum_dy_in, input) : at::Tensor();

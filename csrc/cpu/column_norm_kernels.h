@@ -215,8 +215,6 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
   using C = Chunk<T>;
   using acc_t = typename C::acc_t;
   using AccVec = typename C::AccVec;
-  using Full = typename C::Full;
-  constexpr int64_t kVec = C::kSize;
   constexpr int kParts = C::kParts;
   const int64_t A = r.shape.A, channels = r.shape.C, B = r.shape.B;
   const int64_t threads = std::max(1, r.parallelism);
@@ -266,18 +264,8 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
               for (int k = 0; k < kParts; ++k) sum1[ch][k] = sum2[ch][k] = AccVec(0);
             }
             const int64_t piece_end = std::min(B, i + kBlock);
-            for (; i + kChains * kVec <= piece_end; i += kChains * kVec) {
-              for (int ch = 0; ch < kChains; ++ch) {
-                add_chunk(base + i + ch * kVec, Full(), mean_vec, sum1[ch], sum2[ch]);
-              }
-            }
-            for (; i + kVec <= piece_end; i += kVec) {
-              add_chunk(base + i, Full(), mean_vec, sum1[0], sum2[0]);
-            }
-            if (i < piece_end) {
-              add_chunk(base + i, piece_end - i, mean_vec, sum1[1], sum2[1]);
-              i = piece_end;
-            }
+            add_run_in_chains<C>(base + i, base + piece_end, add_chunk, mean_vec, sum1, sum2);
+            i = piece_end;
             for (int ch = 0; ch < kChains; ++ch) {
               for (int k = 0; k < kParts; ++k) {
                 part1[j] = part1[j] + sum1[ch][k];

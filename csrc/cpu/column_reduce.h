@@ -158,6 +158,23 @@ std::vector<acc_t> channel_values_by_column(int kN, int64_t row_len, int64_t pad
   return columns;
 }
 
+// Adds the elements [i, end) of one plane (a block of at most kBlock) into kChains chains of
+// sums, through column_reduce's add_chunk: kChains chunks side by side, then single whole chunks
+// into chain 0 and the partial last one into chain 1.
+template <typename C, typename ChunkF, typename Param, typename Sums>
+C10_ALWAYS_INLINE void add_run_in_chains(int64_t i, int64_t end, ChunkF& add_chunk,
+                                         const Param& param, Sums& sum1, Sums& sum2) {
+  using Full = typename C::Full;
+  constexpr int64_t kVec = C::kSize;
+  for (; i + kChains * kVec <= end; i += kChains * kVec) {
+    for (int ch = 0; ch < kChains; ++ch) {
+      add_chunk(i + ch * kVec, Full(), param, sum1[ch], sum2[ch]);
+    }
+  }
+  for (; i + kVec <= end; i += kVec) add_chunk(i, Full(), param, sum1[0], sum2[0]);
+  if (i < end) add_chunk(i, end - i, param, sum1[1], sum2[1]);
+}
+
 // Reduces the [A, C, B] array described by `s` and the functor, and calls finish(c, state) once
 // per channel with the merged state.
 //   add_chunk(i, count, param, sum1, sum2): adds the chunk of `count` elements at flat index i
@@ -232,15 +249,8 @@ C10_ALWAYS_INLINE void column_reduce(
           const int64_t plane_end = std::min(end, (plane + 1) * B);
           for (int64_t block_end; i < plane_end; i = block_end) {
             block_end = std::min(plane_end, i + kBlock);
-            const int64_t block_begin = i;
-            for (; i + kChains * kVec <= block_end; i += kChains * kVec) {
-              for (int ch = 0; ch < kChains; ++ch) {
-                add_chunk(i + ch * kVec, Full(), param, sum1[ch], sum2[ch]);
-              }
-            }
-            for (; i + kVec <= block_end; i += kVec) add_chunk(i, Full(), param, sum1[0], sum2[0]);
-            if (i < block_end) add_chunk(i, block_end - i, param, sum1[1], sum2[1]);
-            flush(slice_states[c], block_end - block_begin);
+            add_run_in_chains<C>(i, block_end, add_chunk, param, sum1, sum2);
+            flush(slice_states[c], block_end - i);
           }
           ++plane;
           c = c + 1 == s.C ? 0 : c + 1;
