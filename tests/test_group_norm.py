@@ -41,6 +41,8 @@ CASES = [
     pytest.param((4, 8, 1), 2, False, id="hw1"),
     pytest.param((1, 4, 3, 4, 5), 2, False, id="5d"),
     pytest.param((2, 4, 65537), 2, False, id="long-rows"),
+    # dweight/dbias sum the batch's per-sample sums in blocks of 256 samples (column_totals)
+    pytest.param((300, 6, 2, 3), 3, False, id="batch-over-a-sum-block"),
 ]
 
 

@@ -1,6 +1,6 @@
 // The one column reduction of the CPU kernels: two per-channel sums over the A * B elements of
 // each channel of an [A, C, B] array (element (a, c, b) at (a * C + c) * B + b), folded by an
-// accumulator: plain totals (SumAcc: backward sums, weight-gradient partials) or count, mean and
+// accumulator: plain totals (SumAcc: backward sums) or count, mean and
 // M2 (WelfordAcc: BatchNorm statistics). Compiled once per CPU capability, like its includers.
 //
 // Deterministic without atomics: the work is cut into a fixed set of pieces that depends only on
@@ -487,21 +487,55 @@ C10_ALWAYS_INLINE void column_elementwise(
   });
 }
 
-// The column sums of a [rows, width] opmath array (the weight-gradient partials of the row and
-// group norms: one channel per column), into totals[width], in a fixed order. workspace:
-// column_reduce_bytes<acc_t, SumAcc::State>({rows, width, 1}, parallelism) bytes.
+// The column sums of a [rows, width] opmath array (the weight-gradient partials of the row norms
+// and DyT, GroupNorm's per-sample channel sums): totals[j] = the sum of column j down the rows.
+// Each column is summed in row order (in blocks of kRowBlock rows, added in double), so the
+// result depends neither on the thread count nor on the scheduling. totals may be the array's
+// first row. A plain walk, not column_reduce: its per-channel double states (16 bytes per
+// column and piece, zeroed and merged) cost more than this whole sum when rows are few.
 template <typename acc_t>
-void column_totals(const acc_t* partials, int64_t rows, int64_t width, int parallelism,
-                   void* workspace, acc_t* totals) {
+void column_totals(const acc_t* partials, int64_t rows, int64_t width, acc_t* totals) {
   using AccVec = Vectorized<acc_t>;
-  column_reduce<SumAcc, acc_t>(
-      {rows, width, 1}, parallelism, workspace, {nullptr},
-      [&](int64_t i, auto count, const AccVec (&)[1][1], AccVec (&sum)[1], AccVec (&)[1]) {
-        AccVec partial[1];
-        Chunk<acc_t>::load(partials + i, partial, count);
-        sum[0] = sum[0] + partial[0];
-      },
-      [&](int64_t j, const SumAcc::State& state) { totals[j] = static_cast<acc_t>(state.sum1); });
+  constexpr int64_t kW = AccVec::size();
+  // A tile: kTileVectors vectors of columns side by side, each its own chain down the rows.
+  constexpr int kTileVectors = 4;
+  constexpr int64_t kTile = kTileVectors * kW;
+  const int64_t tiles = (width + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, kMinPieceElements / (rows * kTile));
+  at::parallel_for(0, tiles, grain, [&](int64_t tile_begin, int64_t tile_end) {
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const int64_t j0 = tile * kTile, tile_width = std::min(kTile, width - j0);
+      // Sums rows [r0, r1) of the tile; lanes past tile_width load as zeros.
+      auto block_sums = [&](int64_t r0, int64_t r1, AccVec (&sum)[kTileVectors]) {
+        for (AccVec& v : sum) v = AccVec(0);
+        for (int64_t r = r0; r < r1; ++r) {
+          const acc_t* row = partials + r * width + j0;
+          if (tile_width == kTile) {
+            for (int v = 0; v < kTileVectors; ++v) sum[v] = sum[v] + AccVec::loadu(row + v * kW);
+          } else {
+            for (int v = 0; v * kW < tile_width; ++v) {
+              sum[v] = sum[v] + AccVec::loadu(row + v * kW, std::min(kW, tile_width - v * kW));
+            }
+          }
+        }
+      };
+      AccVec sum[kTileVectors];
+      acc_t tile_sums[kTile];
+      if (rows <= kRowBlock) {  // one block: its opmath sums are the totals
+        block_sums(0, rows, sum);
+        for (int v = 0; v < kTileVectors; ++v) sum[v].store(tile_sums + v * kW);
+        std::copy(tile_sums, tile_sums + tile_width, totals + j0);
+        continue;
+      }
+      double total[kTile] = {};
+      for (int64_t block = 0; block < rows; block += kRowBlock) {
+        block_sums(block, std::min(rows, block + kRowBlock), sum);
+        for (int v = 0; v < kTileVectors; ++v) sum[v].store(tile_sums + v * kW);
+        for (int64_t l = 0; l < tile_width; ++l) total[l] += tile_sums[l];
+      }
+      for (int64_t l = 0; l < tile_width; ++l) totals[j0 + l] = static_cast<acc_t>(total[l]);
+    }
+  });
 }
 
 // Workspace bytes column_reduce needs for `s` with accumulator state `State`.

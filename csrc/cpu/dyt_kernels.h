@@ -87,7 +87,7 @@ void dyt_bwd_typed(const DytBwdParams& p) {
   T* dx = static_cast<T*>(p.dx);
   const bool want_sums = dyt_wants_sums(p);
   const int64_t chunks = dyt_bwd_chunks(p);
-  // Workspace: [chunks][3][Np] partials (dweight, dbias, dalpha), then column_totals' states.
+  // Workspace: [chunks][3][Np] partials (dweight, dbias, dalpha).
   acc_t* partials = static_cast<acc_t*>(p.workspace);
 
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
@@ -140,12 +140,12 @@ void dyt_bwd_typed(const DytBwdParams& p) {
   });
 
   if (!want_sums) return;
-  // The partials as a [chunks, 3 Np] column problem, then dalpha as the sum of its columns.
-  std::vector<acc_t> totals(3 * Np);
-  column_totals(partials, chunks, 3 * Np, p.parallelism, partials + chunks * 3 * Np,
-                totals.data());
-  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
-  if (p.dbias) acc_to_params(totals.data() + Np, p.dbias, p.param_dtype, N);
+  // The column sums of the [chunks, 3 Np] partials into the first chunk's, then dalpha as the
+  // sum of its columns.
+  column_totals(partials, chunks, 3 * Np, partials);
+  const acc_t* totals = partials;
+  if (p.dweight) acc_to_params(totals, p.dweight, p.param_dtype, N);
+  if (p.dbias) acc_to_params(totals + Np, p.dbias, p.param_dtype, N);
   if (p.dalpha) {
     double dalpha = 0;
     for (int64_t j = 0; j < N; ++j) dalpha += totals[2 * Np + j];
@@ -156,15 +156,13 @@ void dyt_bwd_typed(const DytBwdParams& p) {
 
 size_t dyt_bwd_workspace_bytes(const DytBwdParams& p) {
   if (!dyt_wants_sums(p)) return 0;
-  // The partials, then the states of their column reduction (3 Np values per chunk, Np a whole
-  // number of vectors, keep those doubles 8-byte aligned).
+  // The partials.
   size_t bytes = 0;
   dispatch_x_dtype(p.x_dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = at::opmath_type<T>;
     const int64_t width = 3 * dyt_padded_n<T>(p.N), chunks = dyt_bwd_chunks(p);
-    bytes = static_cast<size_t>(chunks * width) * sizeof(acc_t) +
-            column_reduce_bytes<acc_t, SumAcc::State>({chunks, width, 1}, p.parallelism);
+    bytes = static_cast<size_t>(chunks * width) * sizeof(acc_t);
   });
   return bytes;
 }

@@ -199,8 +199,7 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
 constexpr int64_t kDzCacheBytes = 512 << 10;
 
 // The per-(n, c) sums of the backward, an [N, 2C] array whose row n holds sum_hw dz * xhat for
-// each channel, then sum_hw dz: the dweight/dbias totals are its column sums (column_reduce.h).
-inline ColumnShape channel_sums_shape(const GroupNormBwdParams& p) { return {p.N, 2 * p.C, 1}; }
+// each channel, then sum_hw dz: the dweight/dbias totals are its column sums (column_totals).
 
 // The two coefficients of dx that are constant over group g of a sample, from its channel sums
 // ([2C]: sum dz * xhat per channel, then sum dz), with the group means m1 = mean(w * dz) and
@@ -220,17 +219,15 @@ std::pair<acc_t, acc_t> group_dx_coefs(const acc_t* weight, const acc_t* channel
           static_cast<acc_t>(-rstd_d * w_dz_sum / L)};
 }
 
-// dweight and dbias from the [N, 2C] channel sums at the start of the workspace: their sums over
-// the batch, in a fixed order (the partial states after the channel sums).
+// dweight and dbias from the [N, 2C] channel sums in the workspace: their sums over the batch, in
+// a fixed order, into the first sample's.
 template <typename acc_t>
 void group_norm_param_grads(const GroupNormBwdParams& p) {
   if (!p.dweight && !p.dbias) return;
   acc_t* channel_sums = static_cast<acc_t*>(p.workspace);
-  std::vector<acc_t> totals(2 * p.C);
-  column_totals(channel_sums, p.N, 2 * p.C, p.parallelism, channel_sums + p.N * 2 * p.C,
-                totals.data());
-  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, p.C);
-  if (p.dbias) acc_to_params(totals.data() + p.C, p.dbias, p.param_dtype, p.C);
+  column_totals(channel_sums, p.N, 2 * p.C, channel_sums);
+  if (p.dweight) acc_to_params(channel_sums, p.dweight, p.param_dtype, p.C);
+  if (p.dbias) acc_to_params(channel_sums + p.C, p.dbias, p.param_dtype, p.C);
 }
 
 template <typename T, Activation kAct>
@@ -573,16 +570,9 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
 }
 
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
-  // The channel sums, then (for dweight/dbias) the partial states of their column reduction
-  // (2C values per sample keep those doubles 8-byte aligned).
-  auto bytes = [&](auto acc_tag) {
-    using acc_t = decltype(acc_tag);
-    const size_t sums = static_cast<size_t>(p.N) * 2 * p.C * sizeof(acc_t);
-    if (!p.dweight && !p.dbias) return sums;
-    return sums +
-           column_reduce_bytes<acc_t, SumAcc::State>(channel_sums_shape(p), p.parallelism);
-  };
-  return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
+  // The channel sums.
+  const size_t acc_bytes = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(p.N) * 2 * p.C * acc_bytes;
 }
 
 // Calls kernel(T{}, activation constant) for the dtype and activation of p.

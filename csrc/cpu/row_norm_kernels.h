@@ -191,11 +191,6 @@ inline int64_t bwd_chunks(const RowNormBwdParams& p) {
   return std::max<int64_t>(1, std::min<int64_t>(p.sm_count, p.M));
 }
 
-// The dweight/dbias partials as an [A, C, B] array for their column reduction.
-inline ColumnShape param_partials_shape(const RowNormBwdParams& p) {
-  return {bwd_chunks(p), 2 * p.N, 1};
-}
-
 // kGroupRows rows of the backward, walked side by side. xhat = (x - mean) * xscale; dx = rstd *
 // (g - mean(g) - xhat * mean(g * xhat)) (xscale is rstd, except for a staged row that already
 // holds xhat: mean 0, xscale 1). The fused ops in one dtype add dsum to dx (then dh) and write
@@ -335,11 +330,10 @@ void row_norm_bwd_frame(const RowNormBwdParams& p, GroupF&& group) {
     }
   });
   if (!want_param_grads) return;
-  // The partials as a [chunks, 2N] column problem: one channel per dweight/dbias entry.
-  std::vector<acc_t> totals(2 * N);
-  column_totals(partials, chunks, 2 * N, p.sm_count, partials + chunks * 2 * N, totals.data());
-  if (p.dweight) acc_to_params(totals.data(), p.dweight, p.param_dtype, N);
-  if (p.dbias) acc_to_params(totals.data() + N, p.dbias, p.param_dtype, N);
+  // The column sums of the [chunks, 2N] partials, into the first chunk's.
+  column_totals(partials, chunks, 2 * N, partials);
+  if (p.dweight) acc_to_params(partials, p.dweight, p.param_dtype, N);
+  if (p.dbias) acc_to_params(partials + N, p.dbias, p.param_dtype, N);
 }
 
 // The plain backward, and the fused ops' backward when it takes the plain path
@@ -566,14 +560,9 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
 
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
   if (!p.dweight && !p.dbias) return 0;
-  // The partials, then the partial states of their reduction (2N floats per chunk keep those
-  // doubles 8-byte aligned).
-  auto bytes = [&](auto acc_tag) {
-    using acc_t = decltype(acc_tag);
-    return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * sizeof(acc_t) +
-           column_reduce_bytes<acc_t, SumAcc::State>(param_partials_shape(p), p.sm_count);
-  };
-  return p.x_dtype == DType::kFloat64 ? bytes(double{}) : bytes(float{});
+  // The dweight/dbias partials.
+  const size_t acc_bytes = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * acc_bytes;
 }
 
 // Whether a fused forward can take the plain forward's path: no dropout, and x, the residual
