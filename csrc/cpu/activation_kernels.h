@@ -37,34 +37,43 @@ struct NativeChunk {
 
 // out[0][i] = f(in[0][i], ..., in[kIn-1][i]) for i in [0, n), f taking one vector per input and
 // returning one: vectors of the opmath type (C = Chunk<T>, the default) or of T (NativeChunk).
-// With kOut > 1 outputs f returns an std::array of kOut vectors, out[o] getting the o-th.
+// With kOut > 1 outputs f returns an std::array of kOut vectors, out[o] getting the o-th. f should
+// hold what it reads by value.
 template <typename T, int kIn, typename C = Chunk<T>, int kOut, typename F>
 void elementwise(const T* const (&in)[kIn], T* const (&out)[kOut], int64_t n, const F& f) {
   static_assert(kIn == 1 || kIn == 2, "one or two inputs");
   using AccVec = typename C::AccVec;
-  // r[o] = output o of f over the inputs' chunk at i, not yet stored.
-  auto compute = [&](int64_t i, auto count, AccVec (&r)[kOut][C::kParts]) {
-    AccVec v[kIn][C::kParts];
-    for (int j = 0; j < kIn; ++j) C::load(in[j] + i, v[j], count);
-    for (int k = 0; k < C::kParts; ++k) {
-      const auto result = [&] {
-        if constexpr (kIn == 1) {
-          return f(v[0][k]);
-        } else {
-          return f(v[0][k], v[1][k]);
-        }
-      }();
-      if constexpr (kOut == 1) {
-        r[0][k] = result;
-      } else {
-        for (int o = 0; o < kOut; ++o) r[o][k] = result[o];
-      }
-    }
-  };
-  auto store = [&](int64_t i, auto count, const AccVec (&r)[kOut][C::kParts]) {
-    for (int o = 0; o < kOut; ++o) C::store(out[o] + i, r[o], count);
-  };
   at::parallel_for(0, n, kActGrain, [&](int64_t begin, int64_t end) {
+    // Local copies of the pointers and of f (which holds its operator by value): reached through
+    // the caller's arrays and closure, each would be reloaded after every vector store (which may
+    // alias anything).
+    const F f_local = f;
+    const T* in_local[kIn];
+    T* out_local[kOut];
+    std::copy(in, in + kIn, in_local);
+    std::copy(out, out + kOut, out_local);
+    // r[o] = output o of f over the inputs' chunk at i, not yet stored.
+    auto compute = [&](int64_t i, auto count, AccVec (&r)[kOut][C::kParts]) {
+      AccVec v[kIn][C::kParts];
+      for (int j = 0; j < kIn; ++j) C::load(in_local[j] + i, v[j], count);
+      for (int k = 0; k < C::kParts; ++k) {
+        const auto result = [&] {
+          if constexpr (kIn == 1) {
+            return f_local(v[0][k]);
+          } else {
+            return f_local(v[0][k], v[1][k]);
+          }
+        }();
+        if constexpr (kOut == 1) {
+          r[0][k] = result;
+        } else {
+          for (int o = 0; o < kOut; ++o) r[o][k] = result[o];
+        }
+      }
+    };
+    auto store = [&](int64_t i, auto count, const AccVec (&r)[kOut][C::kParts]) {
+      for (int o = 0; o < kOut; ++o) C::store(out_local[o] + i, r[o], count);
+    };
     // Tasks start at multiples of the grain, itself a multiple of the chunk: only the last task
     // has a partial chunk.
     int64_t i = begin;
@@ -118,7 +127,7 @@ void activation_fwd_typed(const ActivationFwdParams& p) {
     const T* const in[1] = {static_cast<const T*>(p.x)};
     T* const out[1] = {static_cast<T*>(p.y)};
     elementwise<T, 1, ChunkT<T, kNative>>(in, out, p.numel,
-                                          [&](const Vectorized<M>& x) { return op.fwd(x); });
+                                          [op](const Vectorized<M>& x) { return op.fwd(x); });
   });
 }
 
@@ -132,7 +141,7 @@ void activation_bwd_typed(const ActivationBwdParams& p) {
     T* const out[1] = {static_cast<T*>(p.dx)};
     elementwise<T, 2, ChunkT<T, kNative>>(
         in, out, p.numel,
-        [&](const Vectorized<M>& dy, const Vectorized<M>& saved) { return op.bwd(dy, saved); });
+        [op](const Vectorized<M>& dy, const Vectorized<M>& saved) { return op.bwd(dy, saved); });
   });
 }
 
@@ -150,7 +159,7 @@ void rrelu_fwd_typed(const RreluFwdParams& p) {
   const RreluNoiseOp<at::opmath_type<T>> op;
   const T* const in[2] = {static_cast<const T*>(p.x), static_cast<const T*>(p.noise)};
   T* const out[2] = {static_cast<T*>(p.y), static_cast<T*>(p.slope)};
-  elementwise<T, 2>(in, out, p.numel, [&](const V& x, const V& r) { return op.fwd(x, r); });
+  elementwise<T, 2>(in, out, p.numel, [op](const V& x, const V& r) { return op.fwd(x, r); });
 }
 
 template <typename T>
@@ -159,7 +168,7 @@ void rrelu_bwd_typed(const RreluBwdParams& p) {
   const RreluNoiseOp<at::opmath_type<T>> op;
   const T* const in[2] = {static_cast<const T*>(p.dy), static_cast<const T*>(p.slope)};
   T* const out[1] = {static_cast<T*>(p.dx)};
-  elementwise<T, 2>(in, out, p.numel, [&](const V& dy, const V& slope) {
+  elementwise<T, 2>(in, out, p.numel, [op](const V& dy, const V& slope) {
     return op.bwd(dy, slope);
   });
 }
@@ -187,7 +196,7 @@ void prelu_fwd_typed(const PreluFwdParams& p) {
     const ActOp<ActKind::kLeakyRelu, acc_t> op(ActivationArgs{ActKind::kLeakyRelu, {w[0]}});
     const T* const in[1] = {x};
     T* const out[1] = {y};
-    elementwise<T, 1>(in, out, p.A * p.B, [&](const V& v) { return op.fwd(v); });
+    elementwise<T, 1>(in, out, p.A * p.B, [op](const V& v) { return op.fwd(v); });
     return;
   }
   const int64_t grain_planes = std::max<int64_t>(1, kActGrain / std::max<int64_t>(p.B, 1));

@@ -24,10 +24,12 @@ namespace CPU_CAPABILITY {
 // exp for the softmax's exponentials: torch's CPU softmax uses the same polynomial exp_u20 for
 // float (about 20 ulp, well inside float tolerances and far cheaper than Sleef's 1-ulp exp);
 // double keeps the accurate exp. exp_u20 does not keep a NaN (x - max is NaN for a +inf or NaN
-// element, or a slice whose max is -inf, and must make the slice NaN), so NaN lanes are put back.
-template <typename acc_t>
+// element, or a slice whose max is -inf, and must make the slice NaN), so NaN lanes are put back,
+// unless the caller knows v holds none (kMayBeNaN false).
+template <typename acc_t, bool kMayBeNaN = true>
 C10_ALWAYS_INLINE Vectorized<acc_t> softmax_exp(const Vectorized<acc_t>& v) {
   if constexpr (std::is_same_v<acc_t, float>) {
+    if constexpr (!kMayBeNaN) return v.exp_u20();
     return Vectorized<acc_t>::blendv(v.exp_u20(), v, v != v);
   } else {
     return v.exp();
@@ -122,6 +124,12 @@ void softmax_lastdim_fwd(const SoftmaxFwdParams& p) {
       const T* xr = x + row * N;
       T* yr = y + row * N;
       const acc_t max = row_max(xr, N);
+      if (!std::isfinite(max)) {
+        // A NaN or +inf element, or a row all -inf: x - max is NaN somewhere, and so is the
+        // row's sum, which every output of the row takes in (torch's outputs are all NaN too).
+        std::fill(yr, yr + N, static_cast<T>(std::numeric_limits<acc_t>::quiet_NaN()));
+        continue;
+      }
       const AccVec max_vec(max);
       acc_t* e = nullptr;
       if constexpr (kBuffer) {
@@ -129,14 +137,15 @@ void softmax_lastdim_fwd(const SoftmaxFwdParams& p) {
       } else {
         e = yr;
       }
-      // Scalar math: e = exp(x - max); sum = sum(e) (e kept for softmax only)
+      // Scalar math: e = exp(x - max); sum = sum(e) (e kept for softmax only). x - max is in
+      // [-inf, 0] for a finite max: never NaN.
       const acc_t sum = row_sum<T>(
           N,
           [&](int64_t i, AccVec& s) {
             AccVec v[C::kParts];
             C::load(xr + i, v);
             for (int k = 0; k < C::kParts; ++k) {
-              const AccVec ev = softmax_exp(v[k] - max_vec);
+              const AccVec ev = softmax_exp<acc_t, false>(v[k] - max_vec);
               if (!p.log) ev.store(e + i + k * kW);
               s = s + ev;
             }
