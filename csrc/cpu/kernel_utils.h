@@ -117,6 +117,18 @@ std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
   return out;
 }
 
+// The [N] parameters in opmath, without a copy where they are already: the caller's array itself
+// when it holds acc_t, else a converted copy kept in `storage`. nullptr for a null array.
+template <typename acc_t>
+const acc_t* params_as_acc(const void* params, DType dtype, int64_t N,
+                           std::vector<acc_t>& storage) {
+  if (!params) return nullptr;
+  constexpr DType kAccDType = std::is_same_v<acc_t, double> ? DType::kFloat64 : DType::kFloat32;
+  if (dtype == kAccDType) return static_cast<const acc_t*>(params);
+  storage = params_to_acc<acc_t>(params, dtype, N);
+  return storage.data();
+}
+
 // The [C] weight or bias in opmath, or `absent` for each channel when the pointer is null.
 template <typename acc_t>
 std::vector<acc_t> params_or(const void* params, DType dtype, int64_t C, acc_t absent) {

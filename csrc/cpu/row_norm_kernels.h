@@ -113,16 +113,15 @@ C10_ALWAYS_INLINE std::pair<at::opmath_type<T>, at::opmath_type<T>> normalize_ro
   return {mean, rstd};
 }
 
-// The weight as the kernels apply it, in opmath: (1 + weight) when zero-centered. Empty without
-// weight.
+// The weight as the kernels apply it, in opmath: (1 + weight) when zero-centered, a copy kept in
+// `storage` (params_as_acc otherwise). nullptr without weight.
 template <typename acc_t>
-std::vector<acc_t> applied_weight(const void* weight, DType dtype, int64_t N, bool zero_centered) {
-  if (!weight) return {};
-  std::vector<acc_t> w = params_to_acc<acc_t>(weight, dtype, N);
-  if (zero_centered) {
-    for (acc_t& v : w) v += acc_t(1);
-  }
-  return w;
+const acc_t* applied_weight(const void* weight, DType dtype, int64_t N, bool zero_centered,
+                            std::vector<acc_t>& storage) {
+  if (!weight || !zero_centered) return params_as_acc(weight, dtype, N, storage);
+  storage = params_to_acc<acc_t>(weight, dtype, N);
+  for (acc_t& v : storage) v += acc_t(1);
+  return storage.data();
 }
 
 // hr[0, N) = x + alpha * residual (x alone without residual), rounded to T by the store.
@@ -152,11 +151,10 @@ void row_norm_fwd_typed(const RowNormFwdParams& p) {
   T* y = static_cast<T*>(p.y);
   acc_t* mean_out = static_cast<acc_t*>(p.mean);
   acc_t* rstd_out = static_cast<acc_t*>(p.rstd);
-  const std::vector<acc_t> weight = applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
-  const std::vector<acc_t> bias =
-      p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
-  const acc_t* w = p.weight ? weight.data() : nullptr;
-  const acc_t* b = p.bias ? bias.data() : nullptr;
+  std::vector<acc_t> weight_storage, bias_storage;
+  const acc_t* w =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered, weight_storage);
+  const acc_t* b = params_as_acc<acc_t>(p.bias, p.param_dtype, N, bias_storage);
   const T* residual = static_cast<const T*>(p.prologue.residual);
   T* sum_out = static_cast<T*>(p.sum_out);
   // Without residual and sum_out, h is x itself.
@@ -349,9 +347,9 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
   T* dresidual = static_cast<T*>(p.dresidual);
   const acc_t* mean = static_cast<const acc_t*>(p.mean);
   const acc_t* rstd = static_cast<const acc_t*>(p.rstd);
-  const std::vector<acc_t> weight =
-      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
-  const acc_t* w = p.weight ? weight.data() : nullptr;
+  std::vector<acc_t> weight_storage;
+  const acc_t* w =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered, weight_storage);
   row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
     BwdRows<T> g;
     g.rows = rows;
@@ -471,12 +469,10 @@ void fused_row_norm_fwd_typed(const RowNormFwdParams& p) {
   const int64_t N = p.N;
   acc_t* mean_out = static_cast<acc_t*>(p.mean);
   acc_t* rstd_out = static_cast<acc_t*>(p.rstd);
-  const std::vector<acc_t> weight =
-      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
-  const std::vector<acc_t> bias =
-      p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N) : std::vector<acc_t>();
-  const acc_t* w = p.weight ? weight.data() : nullptr;
-  const acc_t* b = p.bias ? bias.data() : nullptr;
+  std::vector<acc_t> weight_storage, bias_storage;
+  const acc_t* w =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered, weight_storage);
+  const acc_t* b = params_as_acc<acc_t>(p.bias, p.param_dtype, N, bias_storage);
   const DropoutMask mask = dropout_mask_of(p.prologue);
   at::parallel_for(0, p.M, row_grain(N), [&](int64_t row_begin, int64_t row_end) {
     std::vector<acc_t> buffers(2 * N);
@@ -499,12 +495,11 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
   const int64_t N = p.N;
   const acc_t* mean = static_cast<const acc_t*>(p.mean);
   const acc_t* rstd = static_cast<const acc_t*>(p.rstd);
-  const std::vector<acc_t> weight =
-      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered);
-  const acc_t* w = p.weight ? weight.data() : nullptr;
-  const std::vector<acc_t> bias =
-      p.from_output && p.bias ? params_to_acc<acc_t>(p.bias, p.param_dtype, N)
-                              : std::vector<acc_t>();
+  std::vector<acc_t> weight_storage, bias_storage;
+  const acc_t* w =
+      applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered, weight_storage);
+  const acc_t* b =
+      p.from_output ? params_as_acc<acc_t>(p.bias, p.param_dtype, N, bias_storage) : nullptr;
   const DType saved_dtype = p.from_output ? p.y_dtype : p.prologue.residual_dtype;
   const DType stream_dtype = p.prologue.residual_dtype;
   const DropoutMask mask = dropout_mask_of(p.prologue);
@@ -536,7 +531,7 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
       if (p.from_output) {
         // xhat = (y - b) / w, staged in place.
         for (int64_t i = 0; i < N; ++i) {
-          const acc_t shifted = bias.empty() ? xr[i] : xr[i] - bias[i];
+          const acc_t shifted = b ? xr[i] - b[i] : xr[i];
           xr[i] = w ? shifted / w[i] : shifted;
         }
         g.mean[r] = acc_t(0);
