@@ -174,6 +174,18 @@ def test_special_points(device, act, dtype):
     _assert_close_dx(act, dx[smooth], dxt[smooth], dtype, f"{act} dx")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gelu_negative_tail_keeps_relative_precision(device, dtype):
+    # GELU's tail z * Phi(z) is tiny for z << 0: computed as 0.5 * (1 + erf) it cancels to the
+    # erf's absolute error (torch's float32 CPU GELU returns 0 at z = -6, its float64 GELU at
+    # z = -9). Ours takes Phi from erfc (CPU: the A&S form, 2e-2 relative at z = -10; CUDA:
+    # normcdf).
+    z = torch.linspace(-9, -3, 601, device=device, dtype=torch.float64).to(dtype).double()
+    y = fused_norm.gelu(z.to(dtype)).double()
+    ref = z * 0.5 * torch.special.erfc(-z * 0.5**0.5)  # torch's float64 GELU cancels too
+    assert ((y - ref) / ref).abs().max() < 3e-2
+
+
 @pytest.mark.parametrize("act", ACTS, ids=repr)
 def test_gradcheck(device, act):
     x = _away_from_kinks(torch.randn(3, 7, device=device, dtype=torch.float64) * 3, act.kinks)
