@@ -74,11 +74,12 @@ C10_ALWAYS_INLINE Vectorized<float> select_by_sign(const Vectorized<float>& a,
 // exp(-x^2), so h = 0.5 erfc(x) is Phi(-|z|) and Phi(z) is h for z < 0, 1 - h otherwise. Taken
 // from erfc directly, the negative tail keeps the form's own relative error (5e-5 at z = -3, 2e-2
 // at z = -10) where 1 + erf would cancel down to its absolute error; the 0.5 is folded into R's
-// coefficients (exactly) and 1 / sqrt(2) into p. exp_u20's
-// NaN need not be kept: t is NaN for a NaN z. At z = +-inf, t = 0 gives 1 and 0, as torch's.
-// double: torch's formula with the accurate library erf.
+// coefficients (exactly) and 1 / sqrt(2) into p. exp_u20's NaN need not be kept: t is NaN for a
+// NaN z. At z = +-inf, t = 0 gives 1 and 0, as torch's. double: torch's formula with the
+// accurate library erf. With `gauss`, also exp(-z^2 / 2) there (GELU's backward: the density),
+// which the float form computes anyway.
 template <typename V>
-C10_ALWAYS_INLINE V normal_cdf_op(const V& z) {
+C10_ALWAYS_INLINE V normal_cdf_op(const V& z, V* gauss = nullptr) {
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
     const V one(1);
     const V t = one / at::vec::fmadd(V(static_cast<float>(0.3275911 * M_SQRT1_2)), z.abs(), one);
@@ -86,9 +87,12 @@ C10_ALWAYS_INLINE V normal_cdf_op(const V& z) {
     r = at::vec::fmadd(r, t, V(0.5f * 1.421413741f));
     r = at::vec::fmadd(r, t, V(0.5f * -0.284496736f));
     r = at::vec::fmadd(r, t, V(0.5f * 0.254829592f));
-    const V h = r * t * (z * z * V(-0.5f)).exp_u20();
+    const V e = (z * z * V(-0.5f)).exp_u20();
+    if (gauss) *gauss = e;
+    const V h = r * t * e;
     return select_by_sign(one - h, h, z);
   } else {
+    if (gauss) *gauss = fast_exp(z * z * V(-0.5));
     return V(0.5) * (V(1) + (z * V(M_SQRT1_2)).erf());
   }
 }
@@ -166,9 +170,9 @@ struct ActivationMath<Activation::kGelu> {
   template <typename V>
   static C10_ALWAYS_INLINE V grad(const V& z, const V& dy) {
     constexpr double kInvSqrt2Pi = M_2_SQRTPI * M_SQRT1_2 * 0.5;
-    const V cdf = normal_cdf_op(z);
-    const V pdf = fast_exp(V(-0.5) * z * z) * V(kInvSqrt2Pi);
-    return dy * at::vec::fmadd(z, pdf, cdf);
+    V gauss;
+    const V cdf = normal_cdf_op(z, &gauss);
+    return dy * at::vec::fmadd(z, gauss * V(kInvSqrt2Pi), cdf);
   }
 };
 
