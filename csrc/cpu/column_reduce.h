@@ -1,7 +1,8 @@
 // The one column reduction of the CPU kernels: two per-channel sums over the A * B elements of
 // each channel of an [A, C, B] array (element (a, c, b) at (a * C + c) * B + b), folded by an
-// accumulator: plain totals (SumAcc: backward sums) or count, mean and
-// M2 (WelfordAcc: BatchNorm statistics). Compiled once per CPU capability, like its includers.
+// accumulator: plain totals (SumAcc: backward sums) or count, mean and M2 (WelfordAcc: BatchNorm
+// statistics). Compiled once per CPU capability, like its includers. column_totals, at the end,
+// is its dense case: the column sums of a [rows, width] array.
 //
 // Deterministic without atomics: the work is cut into a fixed set of pieces that depends only on
 // the shape and the thread count, each piece writes its own partial state to the workspace, and

@@ -198,9 +198,6 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
 // recomputed: about half of L2.
 constexpr int64_t kDzCacheBytes = 512 << 10;
 
-// The per-(n, c) sums of the backward, an [N, 2C] array whose row n holds sum_hw dz * xhat for
-// each channel, then sum_hw dz: the dweight/dbias totals are its column sums (column_totals).
-
 // The two coefficients of dx that are constant over group g of a sample, from its channel sums
 // ([2C]: sum dz * xhat per channel, then sum dz), with the group means m1 = mean(w * dz) and
 // m2 = mean(w * dz * xhat) over its L elements:
@@ -219,8 +216,9 @@ std::pair<acc_t, acc_t> group_dx_coefs(const acc_t* weight, const acc_t* channel
           static_cast<acc_t>(-rstd_d * w_dz_sum / L)};
 }
 
-// dweight and dbias from the [N, 2C] channel sums in the workspace: their sums over the batch, in
-// a fixed order, into the first sample's.
+// dweight and dbias from the per-(n, c) sums of the backward in the workspace, an [N, 2C] array
+// whose row n holds sum_hw dz * xhat for each channel, then sum_hw dz: their column sums over the
+// batch (column_totals, in a fixed order), into the first sample's row.
 template <typename acc_t>
 void group_norm_param_grads(const GroupNormBwdParams& p) {
   if (!p.dweight && !p.dbias) return;
@@ -571,8 +569,7 @@ void group_norm_bwd_channels_last_typed(const GroupNormBwdParams& p) {
 
 size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& p) {
   // The channel sums.
-  const size_t acc_bytes = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  return static_cast<size_t>(p.N) * 2 * p.C * acc_bytes;
+  return static_cast<size_t>(p.N) * 2 * p.C * opmath_bytes(p.x_dtype);
 }
 
 // Calls kernel(T{}, activation constant) for the dtype and activation of p.

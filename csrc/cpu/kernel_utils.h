@@ -117,6 +117,11 @@ std::vector<acc_t> params_to_acc(const void* params, DType dtype, int64_t N) {
   return out;
 }
 
+// Bytes of one opmath value of input dtype x_dtype: double for float64, float for the rest.
+inline size_t opmath_bytes(DType x_dtype) {
+  return x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+}
+
 // The [N] parameters in opmath, without a copy where they are already: the caller's array itself
 // when it holds acc_t, else a converted copy kept in `storage`. nullptr for a null array.
 template <typename acc_t>

@@ -556,8 +556,7 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
 size_t row_norm_bwd_workspace_bytes(const RowNormBwdParams& p) {
   if (!p.dweight && !p.dbias) return 0;
   // The dweight/dbias partials.
-  const size_t acc_bytes = p.x_dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * acc_bytes;
+  return static_cast<size_t>(bwd_chunks(p)) * 2 * p.N * opmath_bytes(p.x_dtype);
 }
 
 // Whether a fused forward can take the plain forward's path: no dropout, and x, the residual
