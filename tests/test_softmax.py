@@ -87,6 +87,22 @@ def test_long_rows(device, name, dtype):
 
 
 @pytest.mark.parametrize("name", FUNCS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_strided_pieces(device, name, dtype):
+    # A dim other than the last, with the elements after it (B) cut into pieces of up to 1024
+    # per step: several pieces and a partial last chunk (2500), pieces narrowed so that each
+    # thread gets one (A = 1), more slices than one sum block (300 > 256), and B = 1023.
+    ours, theirs = FUNCS[name]
+    for shape, dim in (((5, 2500), 0), ((1, 300, 1100), 1), ((3, 7, 1023), 1), ((2, 9, 40), 1)):
+        x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
+        y = ours(x, dim)
+        assert_close(y, reference(theirs, x.detach(), dim), dtype, "fwd", msg=str(shape))
+        dy = torch.randn(shape, device=device).to(dtype)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        assert_close(dx, backward_reference(theirs, y, dim, dy), dtype, "bwd", msg=str(shape))
+
+
+@pytest.mark.parametrize("name", FUNCS)
 def test_zero_dim_and_empty(device, name):
     ours, theirs = FUNCS[name]
     for x, dim in ((torch.tensor(2.5, device=device), 0), (torch.tensor(-1.0, device=device), -1),

@@ -29,24 +29,6 @@ C10_ALWAYS_INLINE Vectorized<acc_t> relu_grad(const Vectorized<acc_t>& dy,
   return Vectorized<acc_t>::blendv(dy, zero, y <= zero);
 }
 
-// exp through at::vec's inline exp_u20 (within 20 ulp, 1.2e-6 relative in float; exact exp for
-// double) rather than the Sleef library call behind Vectorized::exp: the call, not the
-// arithmetic, bounds the exp-based activations. exp_u20 does not keep NaN by itself: passed
-// through explicitly.
-template <typename V>
-C10_ALWAYS_INLINE V fast_exp(const V& v) {
-  return V::blendv(v.exp_u20(), v, v != v);
-}
-
-// min(max(x, lo), hi) keeping a NaN x, in one instruction each way: at::vec::clamp, whose min and
-// max take x as the operand that x86 returns when either is NaN (on every capability, the scalar
-// fallback's std::min / std::max too), where at::vec's minimum / maximum add a NaN test and a
-// blend each.
-template <typename V>
-C10_ALWAYS_INLINE V clamp_keeping_nan(const V& x, const V& lo, const V& hi) {
-  return at::vec::clamp(x, lo, hi);
-}
-
 // Divisions by 3 and 6 (Hardswish, Hardsigmoid) as products by the rounded reciprocals: within an
 // ulp of the quotient, and a vector division costs 10-20 times a product (the division was half of
 // a bfloat16 Hardswish).
@@ -74,10 +56,9 @@ C10_ALWAYS_INLINE Vectorized<float> select_by_sign(const Vectorized<float>& a,
 // exp(-x^2), so h = 0.5 erfc(x) is Phi(-|z|) and Phi(z) is h for z < 0, 1 - h otherwise. Taken
 // from erfc directly, the negative tail keeps the form's own relative error (5e-5 at z = -3, 2e-2
 // at z = -10) where 1 + erf would cancel down to its absolute error; the 0.5 is folded into R's
-// coefficients (exactly) and 1 / sqrt(2) into p. exp_u20's NaN need not be kept: t is NaN for a
-// NaN z. At z = +-inf, t = 0 gives 1 and 0, as torch's. double: torch's formula with the
-// accurate library erf. With `gauss`, also exp(-z^2 / 2) there (GELU's backward: the density),
-// which the float form computes anyway.
+// coefficients (exactly) and 1 / sqrt(2) into p. At z = +-inf, t = 0 gives 1 and 0, as torch's.
+// double: torch's formula with the accurate library erf. With `gauss`, also exp(-z^2 / 2) there
+// (GELU's backward: the density), which the float form computes anyway.
 template <typename V>
 C10_ALWAYS_INLINE V normal_cdf_op(const V& z, V* gauss = nullptr) {
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
@@ -87,7 +68,7 @@ C10_ALWAYS_INLINE V normal_cdf_op(const V& z, V* gauss = nullptr) {
     r = at::vec::fmadd(r, t, V(0.5f * 1.421413741f));
     r = at::vec::fmadd(r, t, V(0.5f * -0.284496736f));
     r = at::vec::fmadd(r, t, V(0.5f * 0.254829592f));
-    const V e = (z * z * V(-0.5f)).exp_u20();
+    const V e = fast_exp(z * z * V(-0.5f));
     if (gauss) *gauss = e;
     const V h = r * t * e;
     return select_by_sign(one - h, h, z);

@@ -8,9 +8,8 @@
 // Two shapes of work. B == 1 (the last dim): each row of C contiguous elements is walked by
 // vectors along C, in passes that hit the cache after the first (max; sum of exp; write). B > 1:
 // vectors run along B and each pass walks c with stride B, so that the slices are reduced lane by
-// lane and nothing is transposed: the forward over register tiles of kTileChunks chunks of B
-// (max and sum in registers), the backward over wide tiles of kWideTile elements of B (sums in an
-// L1 buffer, long contiguous runs per step).
+// lane and nothing is transposed, over pieces of up to kWideTile elements of B whose running
+// max and sums live in L1 buffers (long contiguous runs per step).
 #pragma once
 
 #include "kernel_utils.h"
@@ -20,21 +19,6 @@
 namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
-
-// exp for the softmax's exponentials: torch's CPU softmax uses the same polynomial exp_u20 for
-// float (about 20 ulp, well inside float tolerances and far cheaper than Sleef's 1-ulp exp);
-// double keeps the accurate exp. exp_u20 does not keep a NaN (x - max is NaN for a +inf or NaN
-// element, or a slice whose max is -inf, and must make the slice NaN), so NaN lanes are put back,
-// unless the caller knows v holds none (kMayBeNaN false).
-template <typename acc_t, bool kMayBeNaN = true>
-C10_ALWAYS_INLINE Vectorized<acc_t> softmax_exp(const Vectorized<acc_t>& v) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if constexpr (!kMayBeNaN) return v.exp_u20();
-    return Vectorized<acc_t>::blendv(v.exp_u20(), v, v != v);
-  } else {
-    return v.exp();
-  }
-}
 
 // max that lets a NaN through from either side, like at::vec::maximum.
 template <typename acc_t>
@@ -137,15 +121,14 @@ void softmax_lastdim_fwd(const SoftmaxFwdParams& p) {
       } else {
         e = yr;
       }
-      // Scalar math: e = exp(x - max); sum = sum(e) (e kept for softmax only). x - max is in
-      // [-inf, 0] for a finite max: never NaN.
+      // Scalar math: e = exp(x - max); sum = sum(e) (e kept for softmax only)
       const acc_t sum = row_sum<T>(
           N,
           [&](int64_t i, AccVec& s) {
             AccVec v[C::kParts];
             C::load(xr + i, v);
             for (int k = 0; k < C::kParts; ++k) {
-              const AccVec ev = softmax_exp<acc_t, false>(v[k] - max_vec);
+              const AccVec ev = fast_exp(v[k] - max_vec);
               if (!p.log) ev.store(e + i + k * kW);
               s = s + ev;
             }
@@ -211,7 +194,7 @@ void softmax_lastdim_bwd(const SoftmaxBwdParams& p) {
           AccVec g[C::kParts], v[C::kParts];
           C::load(dyr + i, g);
           C::load(yr + i, v);
-          for (int k = 0; k < C::kParts; ++k) g[k] = g[k] - softmax_exp(v[k]) * total_vec;
+          for (int k = 0; k < C::kParts; ++k) g[k] = g[k] - fast_exp(v[k]) * total_vec;
           C::store(dxr + i, g);
         }
         for (int64_t i = N_vec; i < N; ++i) {
@@ -261,7 +244,7 @@ void softmax_lastdim_bwd(const SoftmaxBwdParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// B > 1: C slices of stride B, reduced lane by lane over tiles of B.
+// B > 1: C slices of stride B, reduced lane by lane over pieces of B.
 
 // The sums over c run lane by lane, one term after another: summed whole, their rounding error
 // would grow with C. Calls f(c_begin, c_end) on blocks of kSumBlock slices, whose partial sums
@@ -273,68 +256,54 @@ C10_ALWAYS_INLINE void for_each_sum_block(int64_t C, F&& f) {
   for (int64_t c = 0; c < C; c += kSumBlock) f(c, std::min(C, c + kSumBlock));
 }
 
-// Chunks of B per tile, walked side by side in every pass: each step over c then reads
-// kTileChunks contiguous vectors (whole cache lines, few streams for the prefetcher) and keeps
-// that many independent dependency chains in flight; the tile's C rows stay in L2 between passes.
-constexpr int kTileChunks = 4;
+// The strided passes walk pieces of up to kWideTile elements of B, keeping their per-element
+// state over c (the forward's max and sums, the backward's sums) in L1 buffers: each step over c
+// then reads one contiguous run of the piece per array, so that the passes stream through memory
+// (a few long runs that the prefetcher follows, and that the next pass finds in L2). Register
+// tiles of a few chunks of B instead read a few cache lines from each of C slices; with B a power
+// of two those lines share their L1 sets, and a [128, 8192] dim-0 log_softmax ran at 0.75x torch.
+constexpr int64_t kWideTile = 1024;
 
-template <int kChunks>
-using ChunksTag = std::integral_constant<int, kChunks>;
-
-// The width of the pieces of B that the strided passes share among threads: `preferred`, or
-// fewer whole chunks where A * B holds too few such pieces for every thread to get one (a dim-0
-// softmax of a [8192, 128] tensor is one 128-wide piece: one thread for all of it).
+// The width of the pieces of B that the strided passes share among threads: kWideTile, or fewer
+// whole chunks where A * B holds too few such pieces for every thread to get one (a dim-0 softmax
+// of a [8192, 128] tensor is one 128-wide piece: one thread for all of it).
 template <typename T>
-int64_t strided_piece_width(int64_t A, int64_t B, int64_t preferred, int parallelism) {
+int64_t strided_piece_width(int64_t A, int64_t B, int parallelism) {
   constexpr int64_t kChunk = Chunk<T>::kSize;
   const int64_t threads = std::max(1, parallelism);
-  if (A * ((B + preferred - 1) / preferred) >= threads) return preferred;
+  if (A * ((B + kWideTile - 1) / kWideTile) >= threads) return kWideTile;
   const int64_t pieces_per_a = (threads + A - 1) / A;
   const int64_t width = (B + pieces_per_a - 1) / pieces_per_a;
-  return std::min(preferred, std::max(kChunk, (width + kChunk - 1) / kChunk * kChunk));
+  return std::min(kWideTile, std::max(kChunk, (width + kChunk - 1) / kChunk * kChunk));
 }
 
-// Calls f(a, b, ChunksTag<kChunks>, count) over the [A, *, B] problem, in parallel: whole tiles
-// as kTileChunks full chunks, the rest of a row of B one chunk at a time, the last with count
-// (the elements left, below a chunk) instead of Chunk<T>::Full. Pieces narrower than a tile
-// (strided_piece_width) go chunk by chunk.
-template <typename T, typename F>
-void for_each_tile(int64_t A, int64_t C, int64_t B, int parallelism, F&& f) {
-  using Ch = Chunk<T>;
-  constexpr int64_t kTile = kTileChunks * Ch::kSize;
-  const int64_t width = strided_piece_width<T>(A, B, kTile, parallelism);
-  const int64_t tiles_per_a = (B + width - 1) / width;
-  at::parallel_for(0, A * tiles_per_a, softmax_grain(C * std::min(B, width)),
+// Calls f(offset, w, buffers) for every piece of the [A, C, B] problem, in parallel: offset is
+// the flat index of the piece's first element (a, 0, b), w its width, buffers kBuffers scratch
+// arrays of the calling thread, each of w elements and a chunk more (so that a tail chunk's
+// lanes past w read and write inside them), their contents left to f.
+template <typename T, int kBuffers, typename F>
+void for_each_strided_piece(int64_t A, int64_t C, int64_t B, int parallelism, F&& f) {
+  using acc_t = typename Chunk<T>::acc_t;
+  const int64_t width = strided_piece_width<T>(A, B, parallelism);
+  const int64_t pieces_per_a = (B + width - 1) / width;
+  at::parallel_for(0, A * pieces_per_a, softmax_grain(C * std::min(B, width)),
                    [&](int64_t begin, int64_t end) {
-                     for (int64_t item = begin; item < end; ++item) {
-                       const int64_t a = item / tiles_per_a;
-                       const int64_t b_begin = (item % tiles_per_a) * width;
-                       const int64_t b_end = std::min(B, b_begin + width);
-                       if (b_end - b_begin == kTile) {
-                         f(a, b_begin, ChunksTag<kTileChunks>(), typename Ch::Full());
-                         continue;
-                       }
-                       int64_t b = b_begin;
-                       for (; b + Ch::kSize <= b_end; b += Ch::kSize) {
-                         f(a, b, ChunksTag<1>(), typename Ch::Full());
-                       }
-                       if (b < b_end) f(a, b, ChunksTag<1>(), b_end - b);
-                     }
-                   });
+    const int64_t buffer_len = width + Chunk<T>::kSize;
+    std::vector<acc_t> scratch(kBuffers * buffer_len);
+    std::array<acc_t*, kBuffers> buffers;
+    for (int n = 0; n < kBuffers; ++n) buffers[n] = scratch.data() + n * buffer_len;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t a = item / pieces_per_a, b = (item % pieces_per_a) * width;
+      f(a * C * B + b, std::min(B - b, width), buffers);
+    }
+  });
 }
 
-// Loads (stores) kChunks adjacent chunks at p; count applies to the last (a partial chunk is
-// always alone: kChunks == 1).
-template <typename T, int kChunks>
-using ChunkVecs = typename Chunk<T>::AccVec[kChunks][Chunk<T>::kParts];
-
-template <typename T, int kChunks, typename Count>
-C10_ALWAYS_INLINE void load_chunks(const T* p, ChunkVecs<T, kChunks>& v, Count count) {
-  for (int t = 0; t < kChunks; ++t) Chunk<T>::load(p + t * Chunk<T>::kSize, v[t], count);
-}
-template <typename T, int kChunks, typename Count>
-C10_ALWAYS_INLINE void store_chunks(T* p, const ChunkVecs<T, kChunks>& v, Count count) {
-  for (int t = 0; t < kChunks; ++t) Chunk<T>::store(p + t * Chunk<T>::kSize, v[t], count);
+// Sets the first w elements (whole chunks) of a buffer to v.
+template <typename T>
+C10_ALWAYS_INLINE void fill_chunks(typename Chunk<T>::acc_t* buffer, int64_t w,
+                                   typename Chunk<T>::acc_t v) {
+  std::fill(buffer, buffer + (w + Chunk<T>::kSize - 1) / Chunk<T>::kSize * Chunk<T>::kSize, v);
 }
 
 template <typename T>
@@ -343,74 +312,68 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
   using acc_t = typename Ch::acc_t;
   using AccVec = typename Ch::AccVec;
   constexpr int kParts = Ch::kParts;
+  constexpr int64_t kW = AccVec::size();
   const int64_t C = p.C, B = p.B;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-  for_each_tile<T>(p.A, C, B, p.parallelism, [&](int64_t a, int64_t b, auto chunks, auto count) {
-    constexpr int kChunks = decltype(chunks)::value;
-    const T* xs = x + a * C * B + b;
-    T* ys = y + a * C * B + b;
-    AccVec max[kChunks][kParts], sum[kChunks][kParts];
-    for (int t = 0; t < kChunks; ++t) {
-      for (int k = 0; k < kParts; ++k) {
-        max[t][k] = AccVec(-std::numeric_limits<acc_t>::infinity());
-        sum[t][k] = AccVec(0);
-      }
-    }
+  for_each_strided_piece<T, 3>(p.A, C, B, p.parallelism,
+                               [&](int64_t offset, int64_t w, const std::array<acc_t*, 3>& buf) {
+    // max, then shift: max (softmax) or max + log(sum) (log_softmax); sum, then 1 / sum; part:
+    // a block's sums.
+    acc_t* const shift = buf[0];
+    acc_t* const sum = buf[1];
+    acc_t* const part = buf[2];
+    const T* xs = x + offset;
+    T* ys = y + offset;
+    fill_chunks<T>(shift, w, -std::numeric_limits<acc_t>::infinity());
     for (int64_t c = 0; c < C; ++c) {
-      AccVec v[kChunks][kParts];
-      load_chunks<T, kChunks>(xs + c * B, v, count);
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) max[t][k] = at::vec::maximum(max[t][k], v[t][k]);
-      }
-    }
-    for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
-      AccVec part[kChunks][kParts];
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) part[t][k] = AccVec(0);
-      }
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        AccVec v[kChunks][kParts];
-        load_chunks<T, kChunks>(xs + c * B, v, count);
-        for (int t = 0; t < kChunks; ++t) {
-          for (int k = 0; k < kParts; ++k) {
-            part[t][k] = part[t][k] + softmax_exp(v[t][k] - max[t][k]);
-          }
+      for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+        AccVec v[kParts];
+        Ch::load(xs + c * B + j, v, count);
+        for (int k = 0; k < kParts; ++k) {
+          acc_t* m = shift + j + k * kW;
+          at::vec::maximum(AccVec::loadu(m), v[k]).store(m);
         }
+      });
+    }
+    // Scalar math: sum = sum_c exp(x - max)
+    fill_chunks<T>(sum, w, acc_t(0));
+    for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
+      fill_chunks<T>(part, w, acc_t(0));
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+          AccVec v[kParts];
+          Ch::load(xs + c * B + j, v, count);
+          for (int k = 0; k < kParts; ++k) {
+            acc_t* s = part + j + k * kW;
+            (AccVec::loadu(s) + fast_exp(v[k] - AccVec::loadu(shift + j + k * kW))).store(s);
+          }
+        });
       }
-      for (int t = 0; t < kChunks; ++t) {
-        for (int k = 0; k < kParts; ++k) sum[t][k] = sum[t][k] + part[t][k];
+      for (int64_t j = 0; j < w; j += kW) {
+        (AccVec::loadu(sum + j) + AccVec::loadu(part + j)).store(sum + j);
       }
     });
-    // Scalar math: log_softmax y = x - (max + log(sum)); softmax y = exp(x - max) / sum
-    // (the exponentials recomputed: a second exp costs less than a float buffer walked with
-    // stride B).
-    AccVec shift[kChunks][kParts];
-    for (int t = 0; t < kChunks; ++t) {
-      for (int k = 0; k < kParts; ++k) {
-        shift[t][k] = p.log ? max[t][k] + sum[t][k].log() : max[t][k];
-        sum[t][k] = AccVec(1) / sum[t][k];
-      }
+    for (int64_t j = 0; j < w; j += kW) {
+      const AccVec s = AccVec::loadu(sum + j);
+      if (p.log) (AccVec::loadu(shift + j) + s.log()).store(shift + j);
+      (AccVec(1) / s).store(sum + j);
     }
+    // Scalar math: log_softmax y = x - (max + log(sum)); softmax y = exp(x - max) / sum
+    // (the exponentials recomputed: a second exp costs less than a buffer of C * w).
     for (int64_t c = 0; c < C; ++c) {
-      AccVec v[kChunks][kParts];
-      load_chunks<T, kChunks>(xs + c * B, v, count);
-      for (int t = 0; t < kChunks; ++t) {
+      for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+        AccVec v[kParts];
+        Ch::load(xs + c * B + j, v, count);
         for (int k = 0; k < kParts; ++k) {
-          v[t][k] = p.log ? v[t][k] - shift[t][k]
-                          : softmax_exp(v[t][k] - shift[t][k]) * sum[t][k];
+          const AccVec d = v[k] - AccVec::loadu(shift + j + k * kW);
+          v[k] = p.log ? d : fast_exp(d) * AccVec::loadu(sum + j + k * kW);
         }
-      }
-      store_chunks<T, kChunks>(ys + c * B, v, count);
+        Ch::store(ys + c * B + j, v, count);
+      });
     }
   });
 }
-
-// The backward's sums over c for kWideTile elements of B at a time, kept in an L1 buffer rather
-// than registers: each step over c then reads one contiguous run of kWideTile elements per array,
-// so the passes stream through memory (a few long runs that the prefetcher follows) where
-// register tiles of B read a few cache lines from each of C slices.
-constexpr int64_t kWideTile = 1024;
 
 template <typename T>
 void softmax_strided_bwd(const SoftmaxBwdParams& p) {
@@ -423,50 +386,42 @@ void softmax_strided_bwd(const SoftmaxBwdParams& p) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
-  const int64_t width = strided_piece_width<T>(p.A, B, kWideTile, p.parallelism);
-  const int64_t tiles_per_a = (B + width - 1) / width;
-  at::parallel_for(0, p.A * tiles_per_a, softmax_grain(C * std::min(B, width)),
-                   [&](int64_t begin, int64_t end) {
-    // Whole chunks of accumulators: the tail chunk's extra lanes add zeros (count loads).
-    std::vector<acc_t> sums(width + Ch::kSize), parts(width + Ch::kSize);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t a = item / tiles_per_a;
-      const int64_t b = (item % tiles_per_a) * width;
-      const int64_t w = std::min(B - b, width);
-      const int64_t offset = a * C * B + b;
-      // softmax: s = sum(dy * y); log_softmax: s = sum(dy), per element of B, in blocks of c.
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
-        std::fill(parts.begin(), parts.end(), acc_t(0));
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
-            AccVec g[kParts], v[kParts];
-            Ch::load(dy + offset + c * B + j, g, count);
-            if (!p.log) Ch::load(y + offset + c * B + j, v, count);
-            for (int k = 0; k < kParts; ++k) {
-              acc_t* part = parts.data() + j + k * kW;
-              const AccVec old = AccVec::loadu(part);
-              (p.log ? old + g[k] : at::vec::fmadd(g[k], v[k], old)).store(part);
-            }
-          });
-        }
-        for (int64_t j = 0; j < w; j += kW) {
-          (AccVec::loadu(sums.data() + j) + AccVec::loadu(parts.data() + j)).store(sums.data() + j);
-        }
-      });
-      // Scalar math: softmax dx = y * (dy - s); log_softmax dx = dy - exp(y) * s
-      for (int64_t c = 0; c < C; ++c) {
+  for_each_strided_piece<T, 2>(p.A, C, B, p.parallelism,
+                               [&](int64_t offset, int64_t w, const std::array<acc_t*, 2>& buf) {
+    acc_t* const sums = buf[0];
+    acc_t* const parts = buf[1];
+    // softmax: s = sum(dy * y); log_softmax: s = sum(dy), per element of B, in blocks of c.
+    fill_chunks<T>(sums, w, acc_t(0));
+    for_each_sum_block(C, [&](int64_t c_begin, int64_t c_end) {
+      fill_chunks<T>(parts, w, acc_t(0));
+      for (int64_t c = c_begin; c < c_end; ++c) {
         for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
           AccVec g[kParts], v[kParts];
           Ch::load(dy + offset + c * B + j, g, count);
-          Ch::load(y + offset + c * B + j, v, count);
+          if (!p.log) Ch::load(y + offset + c * B + j, v, count);
           for (int k = 0; k < kParts; ++k) {
-            const AccVec sv = AccVec::loadu(sums.data() + j + k * kW);
-            g[k] = p.log ? g[k] - softmax_exp(v[k]) * sv : v[k] * (g[k] - sv);
+            acc_t* part = parts + j + k * kW;
+            const AccVec old = AccVec::loadu(part);
+            (p.log ? old + g[k] : at::vec::fmadd(g[k], v[k], old)).store(part);
           }
-          Ch::store(dx + offset + c * B + j, g, count);
         });
       }
+      for (int64_t j = 0; j < w; j += kW) {
+        (AccVec::loadu(sums + j) + AccVec::loadu(parts + j)).store(sums + j);
+      }
+    });
+    // Scalar math: softmax dx = y * (dy - s); log_softmax dx = dy - exp(y) * s
+    for (int64_t c = 0; c < C; ++c) {
+      for_each_chunk<Ch>(w, [&](int64_t j, auto count) {
+        AccVec g[kParts], v[kParts];
+        Ch::load(dy + offset + c * B + j, g, count);
+        Ch::load(y + offset + c * B + j, v, count);
+        for (int k = 0; k < kParts; ++k) {
+          const AccVec sv = AccVec::loadu(sums + j + k * kW);
+          g[k] = p.log ? g[k] - fast_exp(v[k]) * sv : v[k] * (g[k] - sv);
+        }
+        Ch::store(dx + offset + c * B + j, g, count);
+      });
     }
   });
 }
