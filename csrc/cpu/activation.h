@@ -50,28 +50,38 @@ C10_ALWAYS_INLINE Vectorized<float> select_by_sign(const Vectorized<float>& a,
 #endif
 }
 
+// Phi(-|z|) = 0.5 erfc(|z| / sqrt(2)), the normal CDF's tail, in float for a = |z|, and the
+// density's exp(-z^2 / 2) into gauss. From the Abramowitz-Stegun 7.1.26 form of erfc, which
+// at::vec's float erf (torch's GELU) also uses (absolute error 1.5e-7): with x = |z| / sqrt(2) and
+// t = 1 / (1 + p x), erfc(x) = t R(t) exp(-x^2); the 0.5 is folded into R's coefficients
+// (exactly) and 1 / sqrt(2) into p. Taken from erfc directly, the tail keeps the form's own
+// relative error (5e-5 at z = -3, 2e-2 at z = -10) where 1 + erf would cancel down to its
+// absolute error. At |z| = inf, t = 0 gives 0.
+C10_ALWAYS_INLINE Vectorized<float> normal_tail(const Vectorized<float>& z,
+                                                const Vectorized<float>& a,
+                                                Vectorized<float>& gauss) {
+  using V = Vectorized<float>;
+  const V one(1);
+  const V t = one / at::vec::fmadd(V(static_cast<float>(0.3275911 * M_SQRT1_2)), a, one);
+  V r = at::vec::fmadd(V(0.5f * 1.061405429f), t, V(0.5f * -1.453152027f));
+  r = at::vec::fmadd(r, t, V(0.5f * 1.421413741f));
+  r = at::vec::fmadd(r, t, V(0.5f * -0.284496736f));
+  r = at::vec::fmadd(r, t, V(0.5f * 0.254829592f));
+  gauss = exp2_nonpositive(z * z * V(static_cast<float>(-0.5 * M_LOG2E)));
+  return r * t * gauss;
+}
+
 // The standard normal CDF Phi(z) = 0.5 * (1 + erf(z / sqrt(2))), GELU's gate. float: from the
-// Abramowitz-Stegun 7.1.26 form of erfc, which at::vec's float erf (torch's GELU) also uses
-// (absolute error 1.5e-7): with x = |z| / sqrt(2) and t = 1 / (1 + p x), erfc(x) = t R(t)
-// exp(-x^2), so h = 0.5 erfc(x) is Phi(-|z|) and Phi(z) is h for z < 0, 1 - h otherwise. Taken
-// from erfc directly, the negative tail keeps the form's own relative error (5e-5 at z = -3, 2e-2
-// at z = -10) where 1 + erf would cancel down to its absolute error; the 0.5 is folded into R's
-// coefficients (exactly) and 1 / sqrt(2) into p. At z = +-inf, t = 0 gives 1 and 0, as torch's.
-// double: torch's formula with the accurate library erf. With `gauss`, also exp(-z^2 / 2) there
-// (GELU's backward: the density), which the float form computes anyway.
+// tail h = Phi(-|z|), as h for z < 0 and 1 - h otherwise. double: torch's formula with the
+// accurate library erf. With `gauss`, also exp(-z^2 / 2) there (GELU's backward: the density),
+// which the float form computes anyway.
 template <typename V>
 C10_ALWAYS_INLINE V normal_cdf_op(const V& z, V* gauss = nullptr) {
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
-    const V one(1);
-    const V t = one / at::vec::fmadd(V(static_cast<float>(0.3275911 * M_SQRT1_2)), z.abs(), one);
-    V r = at::vec::fmadd(V(0.5f * 1.061405429f), t, V(0.5f * -1.453152027f));
-    r = at::vec::fmadd(r, t, V(0.5f * 1.421413741f));
-    r = at::vec::fmadd(r, t, V(0.5f * -0.284496736f));
-    r = at::vec::fmadd(r, t, V(0.5f * 0.254829592f));
-    const V e = fast_exp(z * z * V(-0.5f));
+    V e;
+    const V h = normal_tail(z, z.abs(), e);
     if (gauss) *gauss = e;
-    const V h = r * t * e;
-    return select_by_sign(one - h, h, z);
+    return select_by_sign(V(1) - h, h, z);
   } else {
     if (gauss) *gauss = fast_exp(z * z * V(-0.5));
     return V(0.5) * (V(1) + (z * V(M_SQRT1_2)).erf());
@@ -143,9 +153,20 @@ struct ActivationMath<Activation::kSilu> {
 template <>
 struct ActivationMath<Activation::kGelu> {
   // Scalar math: y = z * Phi(z) = z * 0.5 * (1 + erf(z / sqrt(2)))
+  // float: z * Phi(z) = max(z, 0) - |z| Phi(-|z|) (z (1 - h) for z >= 0, z h below): two
+  // instructions where the product and the sign select take four. z is capped at the largest
+  // float first, so that z = inf gives inf - 0, where -inf gives inf * 0 = NaN, as torch's
+  // z * Phi(z).
   template <typename V>
   static C10_ALWAYS_INLINE V fwd(const V& z) {
-    return z * normal_cdf_op(z);
+    if constexpr (std::is_same_v<V, Vectorized<float>>) {
+      const V a = at::vec::clamp_max(z, V(std::numeric_limits<float>::max())).abs();
+      V gauss;
+      const V h = normal_tail(z, a, gauss);
+      return at::vec::fnmadd(a, h, at::vec::clamp_min(z, V(0)));
+    } else {
+      return z * normal_cdf_op(z);
+    }
   }
   // Scalar math: dz = dy * (Phi(z) + z * phi(z)),  phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
   template <typename V>

@@ -80,39 +80,60 @@ C10_ALWAYS_INLINE V clamp_keeping_nan(const V& x, const V& lo, const V& hi) {
   return at::vec::clamp(x, lo, hi);
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// 2^f for f in [-1/2, 1/2], the reduced argument of the exps below: 1 + f P(f), P of degree 4,
+// coefficients we fitted to the relative error by iteratively reweighted least squares (9.2e-8
+// in exact arithmetic).
+C10_ALWAYS_INLINE Vectorized<float> exp2_reduced(const Vectorized<float>& f) {
+  using V = Vectorized<float>;
+  V p = at::vec::fmadd(f, V(1.32647e-03f), V(9.67151e-03f));
+  p = at::vec::fmadd(p, f, V(5.550734e-02f));
+  p = at::vec::fmadd(p, f, V(2.4022242e-01f));
+  p = at::vec::fmadd(p, f, V(6.93147e-01f));
+  return at::vec::fmadd(p, f, V(1.0f));
+}
+#endif
+
 // exp for the kernels' exponentials (the softmaxes, the exp-based activations), keeping NaN.
-// float on AVX-512, in 12 instructions where at::vec's exp_u20 takes 19 and a NaN blend:
-//   exp(x) = 2^n exp(r), n = round(x log2(e)), r = x - n ln2 reduced in two steps (ln2_hi has 15
-//   significant bits, so n * ln2_hi is exact and the first step loses nothing);
-//   exp(r) = 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) on [-ln2 / 2, ln2 / 2], coefficients we
-//   fitted to the relative error by iteratively reweighted least squares (1.05e-7 in exact
-//   arithmetic; evaluated in float, within 2.2 ulp of exp over the normal range against float64,
-//   where exp_u20 is within 5.3);
-//   2^n applied by scalef, which also rounds gradual underflow and overflows to inf.
-// The clamp to +-104 (beyond which exp is 0 or inf in float either way) keeps inf - inf out of r
-// and lets NaN through. Other capabilities: exp_u20 with the NaN put back. double: the accurate
-// exp.
+// float on AVX-512, in 13 instructions where at::vec's exp_u20 takes 19 and a NaN blend:
+//   exp(x) = 2^n 2^f, n = round(x log2(e)), f = (x - n ln2) log2(e), with x - n ln2 reduced in
+//   two steps (ln2_hi has 15 significant bits, so n * ln2_hi is exact and the first step loses
+//   nothing); 2^n applied by scalef, which also rounds gradual underflow and overflows to inf.
+//   Within 2.2 ulp of exp over the normal range, measured against float64 (exp_u20: 5.3).
+// The clamp to +-104 (beyond which exp is 0 or inf in float either way) keeps inf - inf out of
+// the reduction and lets NaN through. Other capabilities: exp_u20 with the NaN put back. double:
+// the accurate exp.
 template <typename V>
 C10_ALWAYS_INLINE V fast_exp(const V& x) {
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
 #if defined(CPU_CAPABILITY_AVX512)
     const V xc = clamp_keeping_nan(x, V(-104.f), V(104.f));
-    const V n(_mm512_roundscale_ps(xc * V(1.44269504088896341f),
+    const V n(_mm512_roundscale_ps(xc * V(static_cast<float>(M_LOG2E)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     V r = at::vec::fnmadd(n, V(0.693145751953125f), xc);
     r = at::vec::fnmadd(n, V(1.428606765330187e-06f), r);
-    V e = at::vec::fmadd(r, V(8.31249e-03f), V(4.189007e-02f));
-    e = at::vec::fmadd(e, r, V(1.6667114e-01f));
-    e = at::vec::fmadd(e, r, V(4.999923e-01f));
-    e = at::vec::fmadd(e, r, V(1.0f));
-    e = at::vec::fmadd(e, r, V(1.0f));
-    return _mm512_scalef_ps(e, n);
+    return _mm512_scalef_ps(exp2_reduced(r * V(static_cast<float>(M_LOG2E))), n);
 #else
     return V::blendv(x.exp_u20(), x, x != x);
 #endif
   } else {
     return x.exp();
   }
+}
+
+// 2^u for u <= 0 in float, where u's own rounding is the error that matters (GELU's
+// exp(-z^2 / 2) as 2^(z^2 * -log2(e) / 2): z^2 is rounded already): on AVX-512 the reduction is
+// a subtraction, 10 instructions. Below -150 (0 in float) u is clamped, which keeps -inf out;
+// a NaN u gives 0 (NaN on other capabilities), where the callers' other terms carry the NaN.
+C10_ALWAYS_INLINE Vectorized<float> exp2_nonpositive(const Vectorized<float>& u) {
+  using V = Vectorized<float>;
+#if defined(CPU_CAPABILITY_AVX512)
+  const V uc(_mm512_max_ps(u, V(-150.f)));
+  const V n(_mm512_roundscale_ps(uc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return _mm512_scalef_ps(exp2_reduced(uc - n), n);
+#else
+  return fast_exp(u * V(static_cast<float>(M_LN2)));
+#endif
 }
 
 // Sums accumulate in vectors, in kChains independent chains (with one, the latency of each add
