@@ -20,16 +20,19 @@ namespace fused_norm {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-// max that lets a NaN through from either side, like at::vec::maximum.
-template <typename acc_t>
-C10_ALWAYS_INLINE acc_t max_keep_nan(acc_t m, acc_t v) {
-  return (std::isnan(v) || v > m) ? v : m;
+// The running max of a slice, which need not see a NaN element: exp(x - max) is NaN for it,
+// which makes the slice's sum, and so its every output, NaN anyway. clamp_min(m, x) is max(m, x)
+// returning m when x is NaN (x86's max; the portable build's compare): one instruction where
+// at::vec::maximum takes four.
+template <typename V>
+C10_ALWAYS_INLINE V max_ignoring_nan(const V& m, const V& x) {
+  return at::vec::clamp_min(m, x);
 }
 
 template <typename acc_t>
 acc_t horizontal_max(const Vectorized<acc_t>& v) {
   return at::vec::vec_reduce_all<acc_t>(
-      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return at::vec::maximum(a, b); }, v);
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return max_ignoring_nan(a, b); }, v);
 }
 
 // Rows are independent; a task should hold enough elements to amortise the scheduling.
@@ -55,17 +58,17 @@ typename Chunk<T>::acc_t row_max(const T* xr, int64_t N) {
     for (int c = 0; c < kChains; ++c) {
       AccVec v[C::kParts];
       C::load(xr + i + c * C::kSize, v);
-      for (int k = 0; k < C::kParts; ++k) m[c] = at::vec::maximum(m[c], v[k]);
+      for (int k = 0; k < C::kParts; ++k) m[c] = max_ignoring_nan(m[c], v[k]);
     }
   }
   for (; i < N_vec; i += C::kSize) {
     AccVec v[C::kParts];
     C::load(xr + i, v);
-    for (int k = 0; k < C::kParts; ++k) m[0] = at::vec::maximum(m[0], v[k]);
+    for (int k = 0; k < C::kParts; ++k) m[0] = max_ignoring_nan(m[0], v[k]);
   }
-  for (int c = 1; c < kChains; ++c) m[0] = at::vec::maximum(m[0], m[c]);
+  for (int c = 1; c < kChains; ++c) m[0] = max_ignoring_nan(m[0], m[c]);
   acc_t result = horizontal_max(m[0]);
-  for (; i < N; ++i) result = max_keep_nan(result, static_cast<acc_t>(xr[i]));
+  for (; i < N; ++i) result = std::max(result, static_cast<acc_t>(xr[i]));  // NaN: result
   return result;
 }
 
@@ -109,8 +112,9 @@ void softmax_lastdim_fwd(const SoftmaxFwdParams& p) {
       T* yr = y + row * N;
       const acc_t max = row_max(xr, N);
       if (!std::isfinite(max)) {
-        // A NaN or +inf element, or a row all -inf: x - max is NaN somewhere, and so is the
-        // row's sum, which every output of the row takes in (torch's outputs are all NaN too).
+        // A +inf element, or a row all -inf: x - max is NaN somewhere, and so is the row's sum,
+        // which every output of the row takes in (torch's outputs are all NaN too). A NaN
+        // element, which the max ignores, makes the sum NaN below, to the same result.
         std::fill(yr, yr + N, static_cast<T>(std::numeric_limits<acc_t>::quiet_NaN()));
         continue;
       }
@@ -332,7 +336,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
         Ch::load(xs + c * B + j, v, count);
         for (int k = 0; k < kParts; ++k) {
           acc_t* m = shift + j + k * kW;
-          at::vec::maximum(AccVec::loadu(m), v[k]).store(m);
+          max_ignoring_nan(AccVec::loadu(m), v[k]).store(m);
         }
       });
     }
