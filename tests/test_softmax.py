@@ -44,6 +44,17 @@ def backward_reference(torch_fn, y, dim, dy):
     return dx.to(y.dtype)
 
 
+def check_forward_backward(name, shape, dim, dtype, device):
+    """Ours against the float64 oracle on a random x of `shape`, forward and backward."""
+    ours, theirs = FUNCS[name]
+    x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
+    y = ours(x, dim)
+    assert_close(y, reference(theirs, x.detach(), dim), dtype, "fwd", msg=str(shape))
+    dy = torch.randn(shape, device=device).to(dtype)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    assert_close(dx, backward_reference(theirs, y, dim, dy), dtype, "bwd", msg=str(shape))
+
+
 def layouts(x):
     """(name, view) pairs of x with the same values in different memory layouts."""
     yield "contiguous", x
@@ -76,14 +87,8 @@ def test_parity_every_dim_and_layout(device, name, dtype, shape):
 @pytest.mark.parametrize("name", FUNCS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_long_rows(device, name, dtype):
-    ours, theirs = FUNCS[name]
     for shape, dim in (((2, 131072), -1), ((3, 70001), 1), ((2, 40000, 3), 1)):
-        x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
-        y = ours(x, dim)
-        assert_close(y, reference(theirs, x.detach(), dim), dtype, "fwd", msg=str(shape))
-        dy = torch.randn(shape, device=device).to(dtype)
-        (dx,) = torch.autograd.grad(y, x, dy)
-        assert_close(dx, backward_reference(theirs, y, dim, dy), dtype, "bwd", msg=str(shape))
+        check_forward_backward(name, shape, dim, dtype, device)
 
 
 @pytest.mark.parametrize("name", FUNCS)
@@ -92,14 +97,8 @@ def test_strided_pieces(device, name, dtype):
     # A dim other than the last, with the elements after it (B) cut into pieces of up to 1024
     # per step: several pieces and a partial last chunk (2500), pieces narrowed so that each
     # thread gets one (A = 1), more slices than one sum block (300 > 256), and B = 1023.
-    ours, theirs = FUNCS[name]
     for shape, dim in (((5, 2500), 0), ((1, 300, 1100), 1), ((3, 7, 1023), 1), ((2, 9, 40), 1)):
-        x = (4 * torch.randn(shape, device=device)).to(dtype).requires_grad_()
-        y = ours(x, dim)
-        assert_close(y, reference(theirs, x.detach(), dim), dtype, "fwd", msg=str(shape))
-        dy = torch.randn(shape, device=device).to(dtype)
-        (dx,) = torch.autograd.grad(y, x, dy)
-        assert_close(dx, backward_reference(theirs, y, dim, dy), dtype, "bwd", msg=str(shape))
+        check_forward_backward(name, shape, dim, dtype, device)
 
 
 @pytest.mark.parametrize("name", FUNCS)
