@@ -142,7 +142,7 @@ void group_norm_fwd_typed(const GroupNormFwdParams& p) {
       const AccVec scale(rstd * weight[c]), shift(bias[c]);
       const T* xc = x + row * L + cl * HW;
       T* yc = y + row * L + cl * HW;
-      for_each_chunk<C>(HW, [&](int64_t i, auto count) {
+      for_each_chunk<C>(HW, [=](int64_t i, auto count) {
         AccVec v[C::kParts];
         C::load(xc + i, v, count);
         for (int k = 0; k < C::kParts; ++k) {
@@ -280,7 +280,7 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
         const T* dyc = dy + q * HW;
         acc_t* dz_c = dz_cache ? dz_cache + (q - q_begin) * HW : nullptr;
         std::tie(dz_xmu_sums[b], dz_sums[b]) =
-            run_sums<C>(HW, [&](int64_t i, auto count, AccVec& dz_xmu_acc, AccVec& dz_acc) {
+            run_sums<C>(HW, [=](int64_t i, auto count, AccVec& dz_xmu_acc, AccVec& dz_acc) {
               AccVec xv[C::kParts], dz[C::kParts];
               C::load(xc + i, xv, count);
               C::load(dyc + i, dz, count);
@@ -334,7 +334,7 @@ void group_norm_bwd_typed(const GroupNormBwdParams& p) {
       const T* dyc = dy + row * L + cl * HW;
       T* dxc = dx + row * L + cl * HW;
       const acc_t* dz_c = dz_cache ? dz_cache + (cl - c_begin) * HW : nullptr;
-      for_each_chunk<C>(HW, [&](int64_t i, auto count) {
+      for_each_chunk<C>(HW, [=](int64_t i, auto count) {
         AccVec xv[C::kParts], dz[C::kParts];
         C::load(xc + i, xv, count);
         if (dz_c) {

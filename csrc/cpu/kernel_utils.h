@@ -230,7 +230,11 @@ void dispatch_x_dtype(DType dtype, F&& f) {
 }
 
 // Calls f(i, count) for each chunk of a run of `len` elements: count is Chunk<T>::Full for the
-// whole chunks, then the element count of the final partial chunk, if any.
+// whole chunks, then the element count of the final partial chunk, if any. An f that stores
+// should capture by value what it reads: every vector store may alias anything (the intrinsics'
+// vector types are may_alias), so what it reached through a reference (the run's pointers, its
+// coefficient vectors) would be reloaded after each store (a dim-0 float32 softmax backward ran
+// 6% faster by value).
 template <typename C, typename F>
 C10_ALWAYS_INLINE void for_each_chunk(int64_t len, F&& f) {
   int64_t i = 0;

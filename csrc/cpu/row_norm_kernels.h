@@ -129,7 +129,7 @@ template <typename T>
 void add_row(const T* xr, const T* rr, at::opmath_type<T> alpha, T* hr, int64_t N) {
   using C = Chunk<T>;
   const typename C::AccVec alpha_vec(alpha);
-  for_each_chunk<C>(N, [&](int64_t i, auto count) {
+  for_each_chunk<C>(N, [=](int64_t i, auto count) {
     typename C::AccVec v[C::kParts], r[C::kParts];
     C::load(xr + i, v, count);
     if (rr) {
@@ -381,7 +381,7 @@ void load_row(const void* src, DType dtype, int64_t offset, int64_t N, acc_t* ds
     if constexpr (std::is_same_v<at::opmath_type<T>, acc_t> || std::is_same_v<T, acc_t>) {
       using C = Chunk<T>;
       const T* s = static_cast<const T*>(src) + offset;
-      for_each_chunk<C>(N, [&](int64_t i, auto count) {
+      for_each_chunk<C>(N, [=](int64_t i, auto count) {
         typename C::AccVec v[C::kParts];
         C::load(s + i, v, count);
         for (int k = 0; k < C::kParts; ++k) {
@@ -403,7 +403,7 @@ void store_row(const acc_t* src, DType dtype, int64_t offset, int64_t N, void* d
     if constexpr (std::is_same_v<at::opmath_type<T>, acc_t> || std::is_same_v<T, acc_t>) {
       using C = Chunk<T>;
       T* d = static_cast<T*>(dst) + offset;
-      for_each_chunk<C>(N, [&](int64_t i, auto count) {
+      for_each_chunk<C>(N, [=](int64_t i, auto count) {
         typename C::AccVec v[C::kParts];
         for (int k = 0; k < C::kParts; ++k) {
           const int64_t j = i + k * C::AccVec::size();
