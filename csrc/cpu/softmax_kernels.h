@@ -371,7 +371,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
                             [=](int64_t offset, int64_t w, acc_t* scratch, int64_t row) {
     acc_t* const shift = scratch;
     acc_t* const sum = scratch + row;
-    acc_t* const exps = scratch + 3 * row;
+    acc_t* const exps = scratch + 3 * row;  // with keep_exps only
     const T* const x = x_all + offset;
     T* const y = y_all + offset;
     fill_chunks<T>(shift, w, -std::numeric_limits<acc_t>::infinity());
@@ -390,7 +390,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
     // Scalar math: sum = sum_c exp(x - max)
     sum_over_slices<T>(C, w, sum, scratch + 2 * row, [=](int64_t c, acc_t* target) {
       const T* const xc = x + c * B;
-      acc_t* const ec = exps + c * row;
+      acc_t* const ec = keep_exps ? exps + c * row : nullptr;
       for_each_chunk<Ch>(w, [=](int64_t j, auto count) {
         AccVec v[kParts];
         Ch::load(xc + j, v, count);
@@ -411,7 +411,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
     // exponentials kept or recomputed.
     for (int64_t c = 0; c < C; ++c) {
       const T* const xc = x + c * B;
-      const acc_t* const ec = exps + c * row;
+      const acc_t* const ec = keep_exps ? exps + c * row : nullptr;
       T* const yc = y + c * B;
       for_each_chunk<Ch>(w, [=](int64_t j, auto count) {
         AccVec v[kParts];
