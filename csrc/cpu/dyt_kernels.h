@@ -66,7 +66,7 @@ inline bool dyt_wants_sums(const DytBwdParams& p) {
 // chunks so that the last partial chunk of a row reads and writes them as whole vectors.
 template <typename T>
 int64_t dyt_padded_n(int64_t N) {
-  return (N + Chunk<T>::kSize - 1) / Chunk<T>::kSize * Chunk<T>::kSize;
+  return whole_chunks<T>(N);
 }
 
 template <typename T>

@@ -229,6 +229,12 @@ void dispatch_x_dtype(DType dtype, F&& f) {
   }
 }
 
+// n rounded up to whole chunks of Chunk<T>.
+template <typename T>
+constexpr int64_t whole_chunks(int64_t n) {
+  return (n + Chunk<T>::kSize - 1) / Chunk<T>::kSize * Chunk<T>::kSize;
+}
+
 // Calls f(i, count) for each chunk of a run of `len` elements: count is Chunk<T>::Full for the
 // whole chunks, then the element count of the final partial chunk, if any. An f that stores
 // should capture by value what it reads: every vector store may alias anything (the intrinsics'

@@ -261,7 +261,7 @@ constexpr int64_t kSumBlock = 256;
 template <typename T>
 C10_ALWAYS_INLINE void fill_chunks(typename Chunk<T>::acc_t* buffer, int64_t w,
                                    typename Chunk<T>::acc_t v) {
-  std::fill(buffer, buffer + (w + Chunk<T>::kSize - 1) / Chunk<T>::kSize * Chunk<T>::kSize, v);
+  std::fill(buffer, buffer + whole_chunks<T>(w), v);
 }
 
 // sums[0, w) = the sum over c < C of the terms that add_slice(c, target) adds into target[0, w),
@@ -288,9 +288,9 @@ C10_ALWAYS_INLINE void sum_over_slices(int64_t C, int64_t w, typename Chunk<T>::
 // The strided passes walk pieces of up to kPieceWidth elements of B, keeping their per-element
 // state over c (the forward's max and sums, the backward's sums) in L1 buffers: each step over c
 // then reads one contiguous run of the piece per array, so that the passes stream through memory
-// (a few long runs, which the next pass finds in L2). Register
-// tiles of a few chunks of B instead read a few cache lines from each of C slices; with B a power
-// of two those lines share their L1 sets, and a [128, 8192] dim-0 log_softmax ran at 0.75x torch.
+// (a few long runs, which the next pass finds in L2). Register tiles of a few chunks of B instead
+// read a few cache lines from each of C slices; with B a power of two those lines share their L1
+// sets, and a [128, 8192] dim-0 log_softmax ran at 0.75x torch.
 // Narrower pieces that would keep a large C's piece in L2 ran slower too: their runs are short.
 constexpr int64_t kPieceWidth = 1024;
 
@@ -300,14 +300,12 @@ constexpr int64_t kPieceWidth = 1024;
 // of it).
 template <typename T>
 int64_t strided_piece_width(int64_t A, int64_t B, int parallelism) {
-  constexpr int64_t kChunk = Chunk<T>::kSize;
-  const auto whole_chunks = [](int64_t n) { return (n + kChunk - 1) / kChunk * kChunk; };
   const int64_t threads = std::max(1, parallelism);
   if (A * ((B + kPieceWidth - 1) / kPieceWidth) >= threads) {
-    return std::min(kPieceWidth, whole_chunks(B));
+    return std::min(kPieceWidth, whole_chunks<T>(B));
   }
   const int64_t pieces_per_a = (threads + A - 1) / A;
-  return std::min(kPieceWidth, whole_chunks((B + pieces_per_a - 1) / pieces_per_a));
+  return std::min(kPieceWidth, whole_chunks<T>((B + pieces_per_a - 1) / pieces_per_a));
 }
 
 // Calls f(offset, w, scratch, row) for every piece of width w <= width of the [A, C, B] problem,
