@@ -202,18 +202,16 @@ void prelu_fwd_typed(const PreluFwdParams& p) {
   const int64_t grain_planes = std::max<int64_t>(1, kActGrain / std::max<int64_t>(p.B, 1));
   at::parallel_for(0, p.A * p.C, grain_planes, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      const acc_t slope = w[plane % p.C];
-      const int64_t off = plane * p.B;
-      int64_t j = 0;
+      const V slope(w[plane % p.C]);
+      const T* const x_plane = x + plane * p.B;
+      T* const y_plane = y + plane * p.B;
       using Ch = Chunk<T>;
-      auto chunk = [&](int64_t i, auto count) {
+      for_each_chunk<Ch>(p.B, [=](int64_t i, auto count) {
         V v[Ch::kParts];
-        Ch::load(x + off + i, v, count);
-        for (int k = 0; k < Ch::kParts; ++k) v[k] = V::blendv(v[k] * V(slope), v[k], v[k] > V(0));
-        Ch::store(y + off + i, v, count);
-      };
-      for (; j + Ch::kSize <= p.B; j += Ch::kSize) chunk(j, typename Ch::Full());
-      if (j < p.B) chunk(j, p.B - j);
+        Ch::load(x_plane + i, v, count);
+        for (int k = 0; k < Ch::kParts; ++k) v[k] = V::blendv(v[k] * slope, v[k], v[k] > V(0));
+        Ch::store(y_plane + i, v, count);
+      });
     }
   });
 }
@@ -239,13 +237,19 @@ void prelu_bwd_typed(const PreluBwdParams& p) {
       const V slope(w[plane % p.C]);
       const int64_t off = plane * p.B + (s % parts) * seg_len;
       const int64_t len = std::min(seg_len, (plane + 1) * p.B - off);
+      // The segment's pointers as locals of this task (not reached through the closure of
+      // parallel_for), so that the chunks' stores do not make them reload (see for_each_chunk):
+      // the chunk function keeps its reference captures for the chains it updates.
+      const T* const dy_seg = dy + off;
+      const T* const x_seg = x + off;
+      T* const dx_seg = dx ? dx + off : nullptr;
       V sums[kChains];
       for (auto& v : sums) v = V(0);
       int chain = 0;
-      auto chunk = [&](int64_t i, auto count) {
+      for_each_chunk<Ch>(len, [&](int64_t i, auto count) {
         V g[Ch::kParts], v[Ch::kParts];
-        Ch::load(dy + off + i, g, count);
-        Ch::load(x + off + i, v, count);
+        Ch::load(dy_seg + i, g, count);
+        Ch::load(x_seg + i, v, count);
         for (int k = 0; k < Ch::kParts; ++k) {
           const V positive = v[k] > V(0);
           // Lanes past `count` load as 0: not positive, and 0 * 0 adds nothing to the sum.
@@ -253,11 +257,8 @@ void prelu_bwd_typed(const PreluBwdParams& p) {
           chain = (chain + 1) % kChains;
           g[k] = V::blendv(g[k] * slope, g[k], positive);
         }
-        if (dx) Ch::store(dx + off + i, g, count);
-      };
-      int64_t j = 0;
-      for (; j + Ch::kSize <= len; j += Ch::kSize) chunk(j, typename Ch::Full());
-      if (j < len) chunk(j, len - j);
+        if (dx_seg) Ch::store(dx_seg + i, g, count);
+      });
       segment_sums[s] = static_cast<acc_t>(horizontal_sum<acc_t, kChains>(sums));
     }
   });

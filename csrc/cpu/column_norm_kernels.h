@@ -237,6 +237,10 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
   const auto apply_chunk = bwd_dx_of<T, true, kReluMask>(e);
   at::parallel_for(0, (channels + block - 1) / block, 1, [&](int64_t block_begin,
                                                               int64_t block_end) {
+    // Local copies of the functors (their pointers become registers): reached through this
+    // closure instead, they would be reloaded after every store (see for_each_chunk).
+    const auto add_local = add_chunk;
+    const auto apply_local = apply_chunk;
     for (int64_t c0 = block_begin * block; c0 < std::min(channels, block_end * block);
          c0 += block) {
       const int64_t n = std::min(block, channels - c0);
@@ -264,7 +268,7 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
               for (int k = 0; k < kParts; ++k) sum1[ch][k] = sum2[ch][k] = AccVec(0);
             }
             const int64_t piece_end = std::min(B, i + kBlock);
-            add_run_in_chains<C>(base + i, base + piece_end, add_chunk, mean_vec, sum1, sum2);
+            add_run_in_chains<C>(base + i, base + piece_end, add_local, mean_vec, sum1, sum2);
             i = piece_end;
             for (int ch = 0; ch < kChains; ++ch) {
               for (int k = 0; k < kParts; ++k) {
@@ -295,7 +299,7 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
           for (int q = 0; q < 4; ++q) {
             for (int part = 0; part < kParts; ++part) k[q][part] = AccVec(coefs[j][q]);
           }
-          for_each_chunk<C>(B, [&](int64_t i, auto count) { apply_chunk(base + i, count, k); });
+          for_each_chunk<C>(B, [=](int64_t i, auto count) { apply_local(base + i, count, k); });
         }
       }
     }

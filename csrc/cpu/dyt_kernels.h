@@ -98,7 +98,7 @@ void dyt_bwd_typed(const DytBwdParams& p) {
       for (int64_t tile = 0; tile < N; tile += kDytTileCols) {
         for (int64_t group = row_begin; group < row_end; group += kDytGroupRows) {
           const int rows = static_cast<int>(std::min<int64_t>(kDytGroupRows, row_end - group));
-          for_each_chunk<C>(std::min(kDytTileCols, N - tile), [&](int64_t in_tile, auto count) {
+          for_each_chunk<C>(std::min(kDytTileCols, N - tile), [=](int64_t in_tile, auto count) {
             const int64_t i = tile + in_tile;
             AccVec wv[C::kParts], dw_sum[C::kParts], db_sum[C::kParts], da_sum[C::kParts];
             for (int k = 0; k < C::kParts; ++k) {

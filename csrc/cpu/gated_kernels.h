@@ -41,20 +41,17 @@ void gated_fwd_typed(const GatedFwdParams& p) {
   const T* b = static_cast<const T*>(p.b);
   T* y = static_cast<T*>(p.y);
   for_each_row_piece(p.M, p.H, [&](int64_t row, int64_t begin, int64_t end) {
-    const T* ar = a + row * p.lda;
-    const T* br = b + row * p.ldb;
-    T* yr = y + row * p.H;
+    const T* const ar = a + row * p.lda + begin;
+    const T* const br = b + row * p.ldb + begin;
+    T* const yr = y + row * p.H + begin;
     // Scalar math: y = act(a) * b
-    auto chunk = [&](int64_t i, auto count) {
+    for_each_chunk<Ch>(end - begin, [=](int64_t i, auto count) {
       AccVec av[Ch::kParts], bv[Ch::kParts];
       Ch::load(ar + i, av, count);
       Ch::load(br + i, bv, count);
       for (int k = 0; k < Ch::kParts; ++k) av[k] = Math::fwd(av[k]) * bv[k];
       Ch::store(yr + i, av, count);
-    };
-    int64_t i = begin;
-    for (; i + Ch::kSize <= end; i += Ch::kSize) chunk(i, typename Ch::Full());
-    if (i < end) chunk(i, end - i);
+    });
   });
 }
 
@@ -69,13 +66,13 @@ void gated_bwd_typed(const GatedBwdParams& p) {
   T* da = static_cast<T*>(p.da);
   T* db = static_cast<T*>(p.db);
   for_each_row_piece(p.M, p.H, [&](int64_t row, int64_t begin, int64_t end) {
-    const T* dyr = dy + row * p.H;
-    const T* ar = a + row * p.lda;
-    const T* br = b + row * p.ldb;
-    T* dar = da + row * p.ld_grad;
-    T* dbr = db + row * p.ld_grad;
+    const T* const dyr = dy + row * p.H + begin;
+    const T* const ar = a + row * p.lda + begin;
+    const T* const br = b + row * p.ldb + begin;
+    T* const dar = da + row * p.ld_grad + begin;
+    T* const dbr = db + row * p.ld_grad + begin;
     // Scalar math: da = act'(a) * (dy * b); db = act(a) * dy
-    auto chunk = [&](int64_t i, auto count) {
+    for_each_chunk<Ch>(end - begin, [=](int64_t i, auto count) {
       AccVec gv[Ch::kParts], av[Ch::kParts], bv[Ch::kParts];
       Ch::load(dyr + i, gv, count);
       Ch::load(ar + i, av, count);
@@ -86,10 +83,7 @@ void gated_bwd_typed(const GatedBwdParams& p) {
       }
       Ch::store(dar + i, bv, count);
       Ch::store(dbr + i, av, count);
-    };
-    int64_t i = begin;
-    for (; i + Ch::kSize <= end; i += Ch::kSize) chunk(i, typename Ch::Full());
-    if (i < end) chunk(i, end - i);
+    });
   });
 }
 
