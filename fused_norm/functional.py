@@ -19,17 +19,28 @@ def _as_shape(normalized_shape):
     return tuple(normalized_shape)
 
 
+def _torch_shape(name, normalized_shape):
+    """normalized_shape as torch.nn.functional's layer_norm and rms_norm take it: a sequence of
+    ints, not one int (their modules accept an int; the functions raise torch's TypeError)."""
+    if isinstance(normalized_shape, numbers.Integral):
+        raise TypeError(f"{name}(): argument 'normalized_shape' (position 2) must be tuple of "
+                        f"ints, not {type(normalized_shape).__name__}")
+    return tuple(normalized_shape)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.layer_norm."""
-    return _ops.ops.layer_norm_fwd(input, _as_shape(normalized_shape), weight, bias, eps)[0]
+    shape = _torch_shape("layer_norm", normalized_shape)
+    return _ops.ops.layer_norm_fwd(input, shape, weight, bias, eps)[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
+    shape = _torch_shape("rms_norm", normalized_shape)
     if eps is None:
         eps = torch.finfo(stats_dtype(input.dtype)).eps
-    return _ops.ops.rms_norm_fwd(input, _as_shape(normalized_shape), weight, eps)[0]
+    return _ops.ops.rms_norm_fwd(input, shape, weight, eps)[0]
 
 
 def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p,
@@ -156,10 +167,11 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5):
     """Like torch.nn.functional.instance_norm: GroupNorm with one group per channel when
-    use_input_stats, else the running statistics (an eval BatchNorm)."""
+    use_input_stats, else the running statistics (an eval BatchNorm). The output is contiguous
+    whatever the input's memory format, as torch's (which normalizes input.contiguous())."""
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
-                                      momentum, eps)
+                                      momentum, eps).contiguous()
     if input.dim() >= 2:
         spatial = 1
         for size in input.shape[2:]:
@@ -174,16 +186,39 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             # torch checks the repeated [N * C] statistics.
             raise RuntimeError(f"{name} should contain {input.size(0) * C} elements not "
                                f"{stat.numel() * input.size(0)}")
+    if input.numel() == 0 and input.dim() >= 2 and input.size(0) > 0:
+        # Instances without elements (a zero spatial size, or no channels), which GroupNorm
+        # refuses: torch gives an empty output (zero weight and bias gradients) and keeps the
+        # running statistics.
+        return _empty_instance_norm(input, weight, bias)
     # torch's instance_norm keeps the input's dtype under autocast (group_norm goes to float32).
     with torch.autocast(input.device.type, enabled=False):
         y, mean, rstd = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
-    if (running_mean is not None or running_var is not None) and input.numel() > 0:
-        spatial = input.numel() // (input.size(0) * C)
+    if running_mean is not None or running_var is not None:
         with torch.no_grad():
-            if running_mean is not None:
-                running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
-            if running_var is not None:
-                # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
-                var = (rstd.reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
-                running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
-    return y
+            if input.size(0) == 0:
+                # torch averages the per-instance statistics over no instances: NaN.
+                for stat in (running_mean, running_var):
+                    if stat is not None:
+                        stat.fill_(float("nan"))
+            else:
+                spatial = input.numel() // (input.size(0) * C)
+                if running_mean is not None:
+                    running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
+                if running_var is not None:
+                    # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
+                    var = (rstd.reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
+                    running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
+    return y.contiguous()
+
+
+def _empty_instance_norm(input, weight, bias):
+    """instance_norm of an input without elements: an empty output that the graph links to
+    input, weight and bias, so that they get (empty and zero) gradients as torch's do."""
+    channel_shape = (1, -1) + (1,) * (input.dim() - 2)
+    y = input.clone(memory_format=torch.contiguous_format)
+    if weight is not None:
+        y = y * weight.reshape(channel_shape)
+    if bias is not None:
+        y = y + bias.reshape(channel_shape)
+    return y.to(input.dtype)

@@ -219,6 +219,59 @@ def test_instance_norm_functional_use_running_stats(device):
         F.instance_norm(x, rm, rv, w, b, use_input_stats=False))
 
 
+@pytest.mark.parametrize("use_input_stats", [True, False])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d", "transposed"])
+def test_instance_norm_output_is_contiguous(device, layout, use_input_stats):
+    # torch's instance_norm normalizes input.contiguous(): its output is contiguous whatever the
+    # input's layout (GroupNorm and BatchNorm keep channels_last).
+    if layout == "transposed":
+        x = torch.randn(2, 3, 6, 5, device=device).transpose(2, 3)
+    else:
+        shape = (2, 3, 4, 5) if layout == "channels_last" else (2, 3, 4, 5, 2)
+        x = torch.randn(shape, device=device).contiguous(memory_format=getattr(torch, layout))
+    stats = (torch.randn(3, device=device), torch.rand(3, device=device) + 0.5)
+    w, b = torch.rand(3, device=device), torch.randn(3, device=device)
+    y = fused_norm.instance_norm(x, *stats, w, b, use_input_stats=use_input_stats)
+    y_ref = F.instance_norm(x, *stats, w, b, use_input_stats=use_input_stats)
+    torch.testing.assert_close(y, y_ref)
+    assert y.stride() == y_ref.stride() and y.is_contiguous()
+
+
+@pytest.mark.parametrize("use_input_stats", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_instance_norm_without_spatial_elements(device, use_input_stats, dtype):
+    # torch gives an empty output, zero weight and bias gradients and unchanged running stats
+    # (GroupNorm refuses such an input).
+    results = []
+    for module in (fused_norm, F):
+        x = torch.randn(2, 3, 0, device=device, dtype=dtype, requires_grad=True)
+        stats = [torch.full((3,), 0.5, device=device), torch.full((3,), 2.0, device=device)]
+        w = torch.randn(3, device=device, requires_grad=True)
+        b = torch.randn(3, device=device, requires_grad=True)
+        y = module.instance_norm(x, *stats, w, b, use_input_stats=use_input_stats)
+        y.float().sum().backward()
+        results.append((y, x.grad, w.grad, b.grad, *stats))
+    ours, theirs = results
+    assert ours[0].shape == theirs[0].shape and ours[0].dtype == theirs[0].dtype == dtype
+    for a, b in zip(ours[1:], theirs[1:]):
+        torch.testing.assert_close(a, b)
+
+
+def test_instance_norm_of_an_empty_batch(device):
+    # torch averages the per-instance statistics over no instances: its running stats become
+    # NaN. (Its backward then fails; ours gives empty and zero gradients.)
+    for module in (fused_norm, F):
+        stats = [torch.zeros(3, device=device), torch.ones(3, device=device)]
+        y = module.instance_norm(torch.randn(0, 3, 4, device=device), *stats)
+        assert y.shape == (0, 3, 4)
+        assert all(stat.isnan().all() for stat in stats)
+    x = torch.randn(0, 3, 4, device=device, requires_grad=True)
+    w = torch.randn(3, device=device, requires_grad=True)
+    fused_norm.instance_norm(x, weight=w).sum().backward()
+    assert x.grad.shape == x.shape
+    torch.testing.assert_close(w.grad, torch.zeros_like(w))
+
+
 def test_group_norm_module(device):
     ours = fused_norm.GroupNorm(4, 8, activation="swish").to(device)
     theirs = torch.nn.GroupNorm(4, 8).to(device)

@@ -858,6 +858,17 @@ def test_bad_input(norm, case, entry, device):
                        lambda: _ours_entry(norm, entry)(x, ns, w, b), regex)
 
 
+@pytest.mark.parametrize("norm", [LN, RMS], ids=lambda norm: norm.name)
+def test_int_normalized_shape(norm, device):
+    # The functions take a sequence only (their modules take an int too).
+    x = torch.randn(4, 8, device=device)
+    _assert_same_error(lambda: norm.call(norm.ref(), x, 8, None, None),
+                       lambda: norm.call(norm.ours(), x, 8, None, None),
+                       r"argument 'normalized_shape' \(position 2\) must be tuple of ints, not int")
+    torch.testing.assert_close(norm.call(norm.ours(), x, torch.Size([8]), None, None),
+                               norm.call(norm.ref(), x, [8], None, None))
+
+
 DEVICE_MISMATCH_CASES = [
     pytest.param(norm, entry, which, id=f"{norm.name}-{which}-{entry}")
     for norm in (LN, RMS)
