@@ -167,11 +167,13 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5):
     """Like torch.nn.functional.instance_norm: GroupNorm with one group per channel when
-    use_input_stats, else the running statistics (an eval BatchNorm). The output is contiguous
-    whatever the input's memory format, as torch's (which normalizes input.contiguous())."""
+    use_input_stats, else the running statistics (an eval BatchNorm). Like torch's, it
+    normalizes input.contiguous(): the output is contiguous whatever the input's memory format
+    (and a channels_last input costs one copy, as torch's, before NCHW rows)."""
+    input = input.contiguous()
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
-                                      momentum, eps).contiguous()
+                                      momentum, eps)
     if input.dim() >= 2:
         spatial = 1
         for size in input.shape[2:]:
@@ -209,14 +211,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                     # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
                     var = (rstd.reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
                     running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
-    return y.contiguous()
+    return y
 
 
 def _empty_instance_norm(input, weight, bias):
     """instance_norm of an input without elements: an empty output that the graph links to
     input, weight and bias, so that they get (empty and zero) gradients as torch's do."""
     channel_shape = (1, -1) + (1,) * (input.dim() - 2)
-    y = input.clone(memory_format=torch.contiguous_format)
+    y = input.clone()
     if weight is not None:
         y = y * weight.reshape(channel_shape)
     if bias is not None:
