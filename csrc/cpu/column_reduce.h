@@ -456,7 +456,7 @@ C10_ALWAYS_INLINE void column_elementwise(
 
   const int64_t row_len = layout.row_len;
   // Per-column copies of the coefficients, each padded to whole chunks.
-  const int64_t padded_len = (row_len + kVec - 1) / kVec * kVec;
+  const int64_t padded_len = whole_chunks<T>(row_len);
   const std::vector<acc_t> column_coefs = channel_values_by_column<acc_t>(
       kCoefs, row_len, padded_len, s.C, B, [&](int n, int64_t c) { return coefs[n][c]; });
   const acc_t* col_k = column_coefs.data();
