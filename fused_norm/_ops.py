@@ -869,3 +869,26 @@ for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", 
     for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
         if _torch_autocasts(_theirs, _key):
             torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)
+
+
+# Two torch functions whose autocast policy sits outside what register_autocast expresses: torch
+# runs prelu in the autocast region's own (lower) precision, on CPU and CUDA, and softplus in
+# float32 on CUDA. prelu and softplus share fused_norm ops with other functions, so these
+# functions cast their inputs themselves, through autocast_inputs.
+_AUTOCAST_POLICIES = frozenset(
+    (aten_op, device)
+    for aten_op in ("aten::prelu", "aten::softplus")
+    for device, key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU"))
+    if _torch_autocasts(aten_op, key))
+
+
+def autocast_inputs(aten_op, to_float32, *tensors):
+    """tensors as torch's autocast hands them to aten_op: inside an autocast region of their
+    device type, where torch has a policy for aten_op, the floating-point tensors but float64
+    ones go to float32 (to_float32) or to the region's dtype; otherwise unchanged."""
+    device = tensors[0].device.type
+    if (aten_op, device) not in _AUTOCAST_POLICIES or not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.float32 if to_float32 else torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in tensors)

@@ -13,7 +13,7 @@ ops (the error on a leaf that requires grad, version counters) are torch's own.
 import torch
 import torch.nn.functional as TF
 
-from . import _ops  # noqa: F401  (registers fakes and autograd)
+from . import _ops  # registers fakes and autograd; autocast_inputs
 
 ops = torch.ops.fused_norm
 
@@ -87,7 +87,7 @@ def celu(input, alpha=1.0, inplace=False):
     return _act(input, inplace, "elu", (float(alpha), 1.0, 1.0 / alpha))
 
 
-def gelu(input, approximate="none"):
+def gelu(input, *, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     if not _ours(input):
@@ -141,6 +141,7 @@ def tanh(input):
 def softplus(input, beta=1.0, threshold=20.0):
     if not _ours(input):
         return TF.softplus(input, beta, threshold)
+    (input,) = _ops.autocast_inputs("aten::softplus", True, input)
     return ops.activation_fwd(input, "softplus", [float(beta), float(threshold)])
 
 
@@ -154,16 +155,34 @@ def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
         slope = [(lower + upper) / 2]
         return _apply(input, inplace,
                       lambda x: ops.activation_fwd(x.contiguous(), "leaky_relu", slope))
-    # One slope per element, drawn by torch's generator (torch.manual_seed reproduces it); only
-    # those of the elements <= 0 are used. The op also returns the slopes it applied (1 for
-    # x > 0), which its backward multiplies by.
-    noise = torch.empty(input.shape, dtype=input.dtype, device=input.device).uniform_(lower, upper)
+    # The op applies noise's slopes to the elements <= 0 and also returns the slopes it applied
+    # (1 for x > 0), which its backward multiplies by.
+    noise = _rrelu_noise(input, lower, upper)
     return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(x.contiguous(), noise)[0])
+
+
+def _rrelu_noise(input, lower, upper):
+    """RReLU's training slopes, drawn by torch's generator (torch.manual_seed reproduces them).
+    On CPU, the draws of torch's own rrelu: one float64 uniform in [lower, upper), both rounded
+    to the op's compute type first, for each element <= 0 in order, so that float32 results are
+    torch's to the bit and the generator is left where torch's leaves it. A compiled graph (and
+    CUDA) draws one slope for every element instead: the count of elements <= 0 is data that a
+    graph cannot size a tensor by (torch's compiled rrelu does not repeat its eager draws
+    either)."""
+    if input.device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty_like(input, memory_format=torch.contiguous_format).uniform_(lower, upper)
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    bounds = torch.tensor([lower, upper], dtype=compute_dtype).tolist()
+    nonpositive = input.contiguous() <= 0
+    draws = torch.empty(int(nonpositive.sum()), dtype=torch.float64).uniform_(*bounds)
+    noise = torch.zeros(input.shape, dtype=input.dtype)
+    return noise.masked_scatter_(nonpositive, draws.to(compute_dtype).to(input.dtype))
 
 
 def prelu(input, weight):
     if not _ours(input):
         return TF.prelu(input, weight)
+    input, weight = _ops.autocast_inputs("aten::prelu", False, input, weight)
     return ops.prelu_fwd(input, weight)
 
 

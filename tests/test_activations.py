@@ -363,6 +363,42 @@ def test_rrelu_training(device):
     torch.testing.assert_close(m(x), t(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_rrelu_training_draws_as_torch_on_cpu(dtype):
+    """On CPU the training slopes are torch's own draws: float32 and float64 results as torch's
+    (bfloat16 within its rounding of the slope), and the generator left where torch leaves it.
+    A strided input with a NaN (not <= 0: no draw, as torch)."""
+    x = torch.randn(3, 4001, dtype=dtype)[:, ::2]
+    x[1, 7] = float("nan")
+    results = []
+    for rrelu in (F.rrelu, fused_norm.rrelu):
+        torch.manual_seed(7)
+        y = rrelu(x, 0.1, 0.3, training=True)
+        results.append((y, torch.rand(4)))
+    (y, after), (y_ref, after_ref) = results
+    assert torch.equal(after, after_ref)
+    tol = {torch.float32: 0, torch.float64: 1e-15, torch.bfloat16: 4e-3}[dtype]
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("ours,theirs,args", [
+    (fused_norm.prelu, F.prelu,
+     lambda x: (x, torch.full((3,), 0.25, device=x.device, dtype=x.dtype))),
+    (fused_norm.softplus, F.softplus, lambda x: (x,)),
+], ids=["prelu", "softplus"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_autocast_dtypes_as_torch(device, ours, theirs, args, x_dtype):
+    """The two activations torch gives an autocast policy: prelu runs in the region's dtype (CPU
+    and CUDA), softplus in float32 (CUDA)."""
+    x = torch.randn(2, 3, 5, device=device, dtype=x_dtype)
+    region = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device, dtype=region):
+        expected = theirs(*args(x))
+        got = ours(*args(x))
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("act", ACTS, ids=repr)
 def test_integer_and_bool_input_as_torch(act):
     for dtype in (torch.long, torch.int32, torch.bool):
@@ -401,9 +437,16 @@ def test_bad_input(device):
             theirs(x, *args)
         with pytest.raises(expected.type, match=str(expected.value)[:30]):
             ours(x, *args)
-    # PReLU: torch's checks and words.
+    # gelu's approximate is keyword-only, as torch's.
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
+        F.gelu(x, "tanh")
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
+        fused_norm.gelu(x, "tanh")
+    # PReLU: torch's checks and words (a weight of another dtype included).
     x3 = torch.randn(2, 4, 5, device=device)
-    for w in (torch.rand(3, device=device), torch.rand(2, 2, device=device)):
+    for w in (torch.rand(3, device=device), torch.rand(2, 2, device=device),
+              torch.rand(4, device=device, dtype=torch.float64),
+              torch.rand(4, device=device, dtype=torch.bfloat16)):
         with pytest.raises(RuntimeError) as expected:
             F.prelu(x3, w)
         with pytest.raises(RuntimeError, match=str(expected.value).split("\n")[0][:40]):

@@ -91,6 +91,9 @@ struct PreluShape {
 PreluShape check_prelu_args(const at::Tensor& input, const at::Tensor& weight) {
   check_dtype(input, "prelu");
   check_same_device(input, weight);
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(),
+              message("prelu: Type promoting not supported. Got ", input.scalar_type(), " and ",
+                      weight.scalar_type()));
   const int64_t weight_num = weight.numel();
   if (weight_num != 1) {
     TORCH_CHECK(input.dim() > 0, "Not allow zero-dim input tensor.");
@@ -196,7 +199,7 @@ at::Tensor prelu_fwd(const ActivationBackend& backend, const at::Tensor& input,
   c10::DeviceGuard device_guard(input.device());
   // A single slope is elementwise: any dense layout serves; one per channel needs [A, C, B].
   const at::Tensor x = s.C == 1 ? dense(input) : input.contiguous();
-  const at::Tensor weight = weight_in.to(input.scalar_type()).contiguous();
+  const at::Tensor weight = weight_in.contiguous();
   at::Tensor y = at::empty_like(x);
   if (x.numel() > 0) {
     PreluFwdParams p{};
@@ -220,7 +223,7 @@ Tensor2 prelu_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
   c10::DeviceGuard device_guard(input.device());
   const at::Tensor x = s.C == 1 ? dense(input) : input.contiguous();
   const at::Tensor dy = laid_out_as(grad_out, x);
-  const at::Tensor weight = weight_in.to(input.scalar_type()).contiguous();
+  const at::Tensor weight = weight_in.contiguous();
   // Unwanted outputs are their own empty tensors: outputs of an op must not alias each other.
   at::Tensor dx = output_mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dweight = at::empty(output_mask[1] ? weight.sizes() : at::IntArrayRef{0},
@@ -243,7 +246,6 @@ Tensor2 prelu_bwd(const ActivationBackend& backend, const at::Tensor& grad_out,
     backend.prelu_bwd(p);
   }
   if (output_mask[0] && s.C != 1) dx = in_format_of(dx, input);
-  if (output_mask[1]) dweight = dweight.to(weight_in.scalar_type());
   return {dx, dweight};
 }
 
