@@ -5,6 +5,7 @@ import numbers
 import torch
 
 from . import _batch_norm, _ops
+from ._arguments import torch_int, torch_shape
 from .reference import stats_dtype
 
 __all__ = [
@@ -19,27 +20,23 @@ def _as_shape(normalized_shape):
     return tuple(normalized_shape)
 
 
-def _torch_shape(name, normalized_shape):
-    """normalized_shape as torch.nn.functional's layer_norm and rms_norm take it: a sequence of
-    ints, not one int (their modules accept an int; the functions raise torch's TypeError)."""
-    if isinstance(normalized_shape, numbers.Integral):
-        raise TypeError(f"{name}(): argument 'normalized_shape' (position 2) must be tuple of "
-                        f"ints, not {type(normalized_shape).__name__}")
-    return tuple(normalized_shape)
-
-
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.layer_norm."""
-    shape = _torch_shape("layer_norm", normalized_shape)
+    shape = torch_shape("layer_norm", normalized_shape)
     return _ops.ops.layer_norm_fwd(input, shape, weight, bias, eps)[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
-    shape = _torch_shape("rms_norm", normalized_shape)
+    shape = torch_shape("rms_norm", normalized_shape)
     if eps is None:
         eps = torch.finfo(stats_dtype(input.dtype)).eps
+    if (weight is not None and weight.dtype != input.dtype and weight.is_floating_point()
+            and input.is_floating_point()):
+        # torch's rms_norm takes a weight of any floating dtype (the output keeps the input's);
+        # the kernel takes the input's dtype, or float32 beside a 16-bit input.
+        weight = weight.to(input.dtype if input.element_size() > 2 else torch.float32)
     return _ops.ops.rms_norm_fwd(input, shape, weight, eps)[0]
 
 
@@ -132,8 +129,9 @@ def _activation_name(activation):
 
 
 def _verify_group_norm_size(input, num_groups):
-    """torch's check: more than one value per (sample, group)."""
-    if input.dim() >= 2 and num_groups > 0:
+    """torch's check: more than one value per (sample, group). Its division by num_groups
+    comes first: num_groups = 0 raises ZeroDivisionError, as torch's."""
+    if input.dim() >= 2:
         values = input.size(0) * input.size(1) // num_groups
         for size in input.shape[2:]:
             values *= size
@@ -145,6 +143,7 @@ def _verify_group_norm_size(input, num_groups):
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.group_norm."""
+    num_groups = torch_int("group_norm", "num_groups", 2, num_groups)
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
@@ -157,6 +156,7 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
     recomputes the normalized value instead of storing it). activation: None, 'relu', 'silu'
     (or 'swish'), 'gelu', 'gelu_tanh' (GELU with approximate='tanh') or 'mish'."""
     name = _activation_name(activation)
+    num_groups = torch_int("group_norm_act", "num_groups", 2, num_groups)
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
@@ -188,10 +188,10 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             # torch checks the repeated [N * C] statistics.
             raise RuntimeError(f"{name} should contain {input.size(0) * C} elements not "
                                f"{stat.numel() * input.size(0)}")
-    if input.numel() == 0 and input.dim() >= 2 and input.size(0) > 0:
-        # Instances without elements (a zero spatial size, or no channels), which GroupNorm
-        # refuses: torch gives an empty output (zero weight and bias gradients) and keeps the
-        # running statistics.
+    if input.numel() == 0 and input.dim() >= 2 and (input.size(0) > 0 or C == 0):
+        # Instances without elements (a zero spatial size), or no instances for lack of
+        # channels, which GroupNorm refuses: torch gives an empty output (zero weight and bias
+        # gradients) and keeps the running statistics.
         return _empty_instance_norm(input, weight, bias)
     # torch's instance_norm keeps the input's dtype under autocast (group_norm goes to float32).
     with torch.autocast(input.device.type, enabled=False):

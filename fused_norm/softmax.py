@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional
 
 from . import _ops
+from ._arguments import torch_int
 
 __all__ = ["LogSoftmax", "Softmax", "log_softmax", "softmax"]
 
@@ -14,6 +15,7 @@ def _softmax(name, input, dim, stacklevel, dtype, log):
         # torch's legacy implicit dim (0 for 0-, 1- and 3-D input, else 1) and its warning, with
         # the same stack depth below the caller as torch.nn.functional's own.
         dim = torch.nn.functional._get_softmax_dim(name, input.dim(), stacklevel + 1)
+    dim = torch_int(name, "dim", 1, dim)
     if dtype is not None:
         # torch casts before the op: the output comes in `dtype`, and so does the gradient's math.
         input = input.to(dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -372,7 +373,9 @@ def test_zero_size(device):
 
 @pytest.mark.parametrize("case", [
     "rank", "divisible", "weight-shape", "bias-shape", "int-input", "groups-negative",
-    "one-value", "mixed-dtype", "spatial-one", "running-size", "unknown-activation",
+    "groups-zero", "groups-float", "groups-bool", "groups-tensor", "no-channels",
+    "no-channels-empty-batch", "one-value", "mixed-dtype", "spatial-one", "running-size",
+    "unknown-activation",
 ])
 def test_bad_input(device, case):
     x = torch.randn(2, 6, 3, device=device)
@@ -390,6 +393,21 @@ def test_bad_input(device, case):
                       "not implemented for 'Long'"),
         "groups-negative": (lambda m: m.group_norm(x, -1), RuntimeError,
                             "Expected num groups to be greater than 0, got -1"),
+        # torch's Python check divides by num_groups first.
+        "groups-zero": (lambda m: m.group_norm(x, 0), ZeroDivisionError,
+                        "integer division or modulo by zero"),
+        "groups-float": (lambda m: m.group_norm(x, 2.0), TypeError,
+                         r"group_norm\(\): argument 'num_groups' \(position 2\) must be int, "
+                         "not float"),
+        "groups-bool": (lambda m: m.group_norm(x, True), TypeError,
+                        "argument 'num_groups' .* must be int, not bool"),
+        "groups-tensor": (lambda m: m.group_norm(x, torch.tensor([2])), TypeError,
+                          "argument 'num_groups' .* must be int, not Tensor"),
+        "no-channels": (lambda m: m.group_norm(torch.randn(2, 0, 3, device=device), 1),
+                        RuntimeError, "Expected number of channels to be greater than 0, got 0"),
+        "no-channels-empty-batch": (lambda m: m.group_norm(torch.randn(0, 0, 3, device=device),
+                                                           1),
+                                    RuntimeError, "Expected number of channels to be greater"),
         "one-value": (lambda m: m.group_norm(torch.randn(1, 2, 1, device=device), 2), ValueError,
                       "Expected more than 1 value per channel when training"),
         "mixed-dtype": (lambda m: m.group_norm(x.bfloat16(), 2,
@@ -414,6 +432,23 @@ def test_bad_input(device, case):
             call(F)  # the wording is torch's
     with pytest.raises(exc, match=match):
         call(fused_norm)
+
+
+def test_integer_num_groups_as_torch(device):
+    """num_groups as torch's parser takes an int: a numpy integer or a 0-dim integer tensor."""
+    x = torch.randn(2, 6, 3, device=device)
+    for groups in (np.int64(3), torch.tensor(3)):
+        torch.testing.assert_close(fused_norm.group_norm(x, groups), F.group_norm(x, 3))
+
+
+def test_instance_norm_without_channels(device):
+    # No channels, whatever the batch: torch's empty output (GroupNorm refuses C = 0).
+    for n in (0, 2):
+        x = torch.randn(n, 0, 5, device=device, requires_grad=True)
+        y = fused_norm.instance_norm(x)
+        assert y.shape == F.instance_norm(x.detach()).shape == (n, 0, 5)
+        y.sum().backward()
+        assert x.grad.shape == x.shape
 
 
 def test_instance_norm_module_checks(device):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -199,6 +200,28 @@ def test_mixed_dtype_fp32_weight(norm, dtype, device):
     assert grads[1].dtype == torch.float32
     if b is not None:
         assert grads[2].dtype == torch.float32
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype", [
+    (torch.float32, torch.float64), (torch.float32, torch.bfloat16),
+    (torch.float16, torch.bfloat16), (torch.bfloat16, torch.float64),
+    (torch.float64, torch.float32),
+], ids=str)
+def test_rms_norm_weight_of_another_dtype(x_dtype, w_dtype, device):
+    """torch's rms_norm takes a weight of any floating dtype: the output and the input's
+    gradient keep the input's dtype, the weight's gradient the weight's."""
+    x = torch.randn(6, 40, dtype=x_dtype, device=device, requires_grad=True)
+    w = torch.randn(40, dtype=w_dtype, device=device, requires_grad=True)
+    dy = torch.randn(6, 40, dtype=x_dtype, device=device)
+    results = []
+    for rms_norm in (fused_norm.rms_norm, F.rms_norm):
+        with warnings.catch_warnings():  # torch's own note that it takes its unfused path
+            warnings.simplefilter("ignore")
+            y = rms_norm(x, (40,), w)
+        results.append((y, *torch.autograd.grad(y, (x, w), dy)))
+    low = min((x_dtype, w_dtype), key=lambda dtype: torch.finfo(dtype).bits)
+    for got, expected, kind, rows in zip(*results, ("fwd", "bwd", "wgrad"), (1, 1, 6)):
+        assert_close(got, expected, low, kind, rows=rows, msg=kind)
 
 
 def _noncontig_case(layout, M, N, dtype, device):

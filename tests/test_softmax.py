@@ -12,6 +12,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -262,6 +263,11 @@ def test_bad_input(device, name):
         for dim in (-1, 0):
             raises_like(lambda: ours(t, dim), lambda: theirs(t, dim))
     raises_like(lambda: ours(x, 0, dtype=torch.long), lambda: theirs(x, 0, dtype=torch.long))
+    # dim as torch's parser takes an int: TypeError for the rest, in torch's words.
+    for dim in (1.0, "1", [1], (1,), True, torch.tensor([1]), torch.tensor(1.0)):
+        raises_like(lambda: ours(x, dim), lambda: theirs(x, dim))
+    for dim in (np.int64(1), torch.tensor(1)):
+        torch.testing.assert_close(ours(x, dim), theirs(x, 1))
 
 
 # --------------------------------------------------------------------------------------------

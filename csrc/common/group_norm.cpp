@@ -43,9 +43,10 @@ GroupShape check_group_norm_args(const at::Tensor& input, int64_t num_groups,
   TORCH_CHECK(input.dim() >= 2,
               message("Expected at least 2 dimensions for input tensor but received ",
                       input.dim()));
+  const int64_t N = input.size(0), C = input.size(1);
+  TORCH_CHECK(C > 0, message("Expected number of channels to be greater than 0, got ", C));
   TORCH_CHECK(num_groups > 0,
               message("Expected num groups to be greater than 0, got ", num_groups));
-  const int64_t N = input.size(0), C = input.size(1);
   TORCH_CHECK(C % num_groups == 0,
               message("Expected number of channels in input to be divisible by num_groups, but "
                       "got input of shape ",
@@ -55,7 +56,7 @@ GroupShape check_group_norm_args(const at::Tensor& input, int64_t num_groups,
   check_same_param_dtype(input, weight, bias);
   int64_t HW = 1;
   for (int64_t d = 2; d < input.dim(); ++d) HW *= input.size(d);
-  TORCH_CHECK(N == 0 || C == 0 || HW > 0,
+  TORCH_CHECK(N == 0 || HW > 0,
               message("Expected HxW to be greater than 0, got ", HW));
   return {N, C, HW, num_groups};
 }
