@@ -135,15 +135,22 @@ def _batch_norm_bwd_fake(grad_out, input, mean, var, weight, bias, relu_output, 
     )
 
 
+def channels_last_format(input):
+    """torch.channels_last or channels_last_3d where input is laid out so (and is not also
+    contiguous, as a tensor with C == 1 is), else None."""
+    if not input.is_contiguous():
+        for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+            if input.dim() == dim and input.is_contiguous(memory_format=fmt):
+                return fmt
+    return None
+
+
 def _group_norm_layout_empty(input):
     """An empty tensor like `input` in the memory format the group-norm ops give their outputs
     (csrc/common/group_norm.cpp, in_format_of): channels_last and channels_last_3d inputs keep
     it, anything else comes back contiguous."""
-    if not input.is_contiguous():
-        for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
-            if input.dim() == dim and input.is_contiguous(memory_format=fmt):
-                return torch.empty_like(input, memory_format=fmt)
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return torch.empty_like(input, memory_format=channels_last_format(input)
+                            or torch.contiguous_format)
 
 
 @torch.library.register_fake("fused_norm::group_norm_fwd")

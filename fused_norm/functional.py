@@ -37,7 +37,10 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
         # torch's rms_norm takes a weight of any floating dtype (the output keeps the input's);
         # the kernel takes the input's dtype, or float32 beside a 16-bit input.
         weight = weight.to(input.dtype if input.element_size() > 2 else torch.float32)
-    return _ops.ops.rms_norm_fwd(input, shape, weight, eps)[0]
+    y = _ops.ops.rms_norm_fwd(input, shape, weight, eps)[0]
+    # torch's rms_norm keeps a channels_last input's memory format (its layer_norm does not).
+    fmt = _ops.channels_last_format(input)
+    return y if fmt is None else y.contiguous(memory_format=fmt)
 
 
 def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p,

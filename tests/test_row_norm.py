@@ -224,6 +224,25 @@ def test_rms_norm_weight_of_another_dtype(x_dtype, w_dtype, device):
         assert_close(got, expected, low, kind, rows=rows, msg=kind)
 
 
+@pytest.mark.parametrize("norm", [LN, RMS], ids=lambda norm: norm.name)
+def test_output_memory_format_as_torch(norm, device):
+    """torch's rms_norm keeps a channels_last (3d) input's memory format, its layer_norm gives
+    contiguous output; both give contiguous output for other strided inputs."""
+    inputs = [
+        torch.randn(2, 3, 4, 5, device=device).contiguous(memory_format=torch.channels_last),
+        torch.randn(2, 3, 4, 5, 6, device=device).contiguous(
+            memory_format=torch.channels_last_3d),
+        torch.randn(4, 5, 3, device=device).transpose(1, 2),
+        torch.randn(2, 3, 4, 10, device=device)[..., ::2],
+    ]
+    for x in inputs:
+        ns = (x.shape[-1],)
+        y = norm.call(norm.ours(), x, ns, None, None)
+        expected = norm.call(norm.ref(), x, ns, None, None)
+        assert y.stride() == expected.stride()
+        torch.testing.assert_close(y, expected)
+
+
 def _noncontig_case(layout, M, N, dtype, device):
     """(x, w, dy) where the named tensor is a non-contiguous view; others contiguous."""
     def r(*s):
