@@ -132,4 +132,8 @@ TORCH_LIBRARY(fused_norm, m) {
   m.def(
       "dyt_bwd(Tensor grad_out, Tensor input, Tensor alpha, Tensor? weight, Tensor? bias, "
       "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // input.clone(memory_format=torch.contiguous_format), by a blocked transpose on CPU where the
+  // input's layout is a batched transpose (channels_last among them; csrc/common/layout.h).
+  m.def("contiguous_copy(Tensor input) -> Tensor");
 }

@@ -145,6 +145,15 @@ def channels_last_format(input):
     return None
 
 
+def contiguous(input):
+    """input.contiguous(); a non-contiguous CPU input through fused_norm::contiguous_copy, a
+    blocked transpose for the layouts that are one (channels_last, NHWC views of it), where
+    torch's copy walks the input element by element."""
+    if input.is_contiguous() or input.device.type != "cpu":
+        return input.contiguous()
+    return ops.contiguous_copy(input)
+
+
 def _group_norm_layout_empty(input):
     """An empty tensor like `input` in the memory format the group-norm ops give their outputs
     (csrc/common/group_norm.cpp, in_format_of): channels_last and channels_last_3d inputs keep
@@ -899,3 +908,22 @@ def autocast_inputs(aten_op, to_float32, *tensors):
     dtype = torch.float32 if to_float32 else torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
                  for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# contiguous_copy: a copy, so the gradient passes through unchanged, as through torch's
+# Tensor.contiguous().
+
+
+@torch.library.register_fake("fused_norm::contiguous_copy")
+def _contiguous_copy_fake(input):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _contiguous_copy_backward(ctx, grad):
+    return grad
+
+
+torch.library.register_autograd(
+    "fused_norm::contiguous_copy", _contiguous_copy_backward,
+    setup_context=lambda ctx, inputs, output: None)

@@ -154,11 +154,11 @@ def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
         # torch's eval RReLU: LeakyReLU with the mean slope.
         slope = [(lower + upper) / 2]
         return _apply(input, inplace,
-                      lambda x: ops.activation_fwd(x.contiguous(), "leaky_relu", slope))
+                      lambda x: ops.activation_fwd(_ops.contiguous(x), "leaky_relu", slope))
     # The op applies noise's slopes to the elements <= 0 and also returns the slopes it applied
     # (1 for x > 0), which its backward multiplies by.
     noise = _rrelu_noise(input, lower, upper)
-    return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(x.contiguous(), noise)[0])
+    return _apply(input, inplace, lambda x: ops.rrelu_with_noise_fwd(_ops.contiguous(x), noise)[0])
 
 
 def _rrelu_noise(input, lower, upper):

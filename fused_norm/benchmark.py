@@ -31,15 +31,17 @@ import torch.nn.functional as F
 import fused_norm
 
 class RowNorm:
-    """LayerNorm / RMSNorm over the last dim of an (M, N) tensor. Bytes: forward reads x and
-    writes y; backward reads x and dy and writes dx."""
+    """LayerNorm / RMSNorm over the last dim of an (M, N) tensor, or ("nhwc_view") of the NHWC
+    view of an (M / 16, N, 4, 4) tensor, as ConvNeXt normalizes the channels of a channels-first
+    activation (both libraries copy the view first). Bytes: forward reads x and writes y;
+    backward reads x and dy and writes dx."""
 
     # (rows, hidden): hidden sizes of common models at 2^27 elements (256 MB per bf16 tensor,
     # far beyond the L2 cache), plus very long rows.
     cuda_shapes = [(131072, 1024), (65536, 2048), (32768, 4096), (16384, 8192), (8192, 16384),
                    (2048, 65536)]
     cpu_shapes = [(4096, 256), (2048, 1024), (512, 4096), (128, 16384), (16, 131072)]
-    layouts = ["contiguous"]
+    layouts = ["contiguous", "nhwc_view"]
     fwd_tensors, bwd_tensors = 2, 3
 
     def __init__(self, ours, theirs, has_bias, liger=None):
@@ -48,15 +50,26 @@ class RowNorm:
     def make(self, shape, layout, device, dtype):
         """(inputs that require grad, ours, torch's): the callables take the inputs."""
         M, N = shape
-        x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+        if layout == "nhwc_view":
+            side = next(s for s in (4, 2, 1) if M % (s * s) == 0)  # 4 but for tiny test shapes
+            x = torch.randn(M // side**2, N, side, side, device=device, dtype=dtype,
+                            requires_grad=True)
+
+            def rows():
+                return x.permute(0, 2, 3, 1)
+        else:
+            x = torch.randn(M, N, device=device, dtype=dtype, requires_grad=True)
+
+            def rows():
+                return x
         w = torch.randn(N, device=device, dtype=dtype, requires_grad=True)
         b = torch.randn(N, device=device, dtype=dtype, requires_grad=True) if self.has_bias else None
         inputs = [t for t in (x, w, b) if t is not None]
-        return inputs, (lambda *a: self.ours(x, w, b)), (lambda *a: self.theirs(x, w, b))
+        return inputs, (lambda *a: self.ours(rows(), w, b)), (lambda *a: self.theirs(rows(), w, b))
 
     def liger_peer(self, lk, inputs, layout):
         """(inputs, callable) of Liger-Kernel's version, or None where it has none."""
-        if self.liger is None:
+        if self.liger is None or layout != "contiguous":
             return None
         return inputs, lambda *_: self.liger(lk, *inputs)
 

@@ -23,7 +23,9 @@ def _as_shape(normalized_shape):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.layer_norm."""
     shape = torch_shape("layer_norm", normalized_shape)
-    return _ops.ops.layer_norm_fwd(input, shape, weight, bias, eps)[0]
+    # The kernels read rows of contiguous memory: a permuted input (ConvNeXt's NHWC view of a
+    # channels-first activation) is copied first, as torch's layer_norm does, but by a transpose.
+    return _ops.ops.layer_norm_fwd(_ops.contiguous(input), shape, weight, bias, eps)[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
@@ -37,7 +39,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
         # torch's rms_norm takes a weight of any floating dtype (the output keeps the input's);
         # the kernel takes the input's dtype, or float32 beside a 16-bit input.
         weight = weight.to(input.dtype if input.element_size() > 2 else torch.float32)
-    y = _ops.ops.rms_norm_fwd(input, shape, weight, eps)[0]
+    y = _ops.ops.rms_norm_fwd(_ops.contiguous(input), shape, weight, eps)[0]  # as layer_norm
     # torch's rms_norm keeps a channels_last input's memory format (its layer_norm does not).
     fmt = _ops.channels_last_format(input)
     return y if fmt is None else y.contiguous(memory_format=fmt)
@@ -173,7 +175,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     use_input_stats, else the running statistics (an eval BatchNorm). Like torch's, it
     normalizes input.contiguous(): the output is contiguous whatever the input's memory format
     (and a channels_last input costs one copy, as torch's, before NCHW rows)."""
-    input = input.contiguous()
+    input = _ops.contiguous(input)
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
                                       momentum, eps)

@@ -56,9 +56,10 @@ def test_json_metadata(sweep):
 
 def test_json_rows(sweep):
     rows = sweep[3]["results"]
-    # rms_norm: one layout; softmax: the last dim and dim 0; forward and backward each.
+    # rms_norm: rows and the NHWC view; softmax: the last dim and dim 0; forward and backward.
     cases = [(r["op"], r["layout"], r["direction"]) for r in rows]
     assert cases == [("rms_norm", "contiguous", "fwd"), ("rms_norm", "contiguous", "bwd"),
+                     ("rms_norm", "nhwc_view", "fwd"), ("rms_norm", "nhwc_view", "bwd"),
                      ("softmax", "contiguous", "fwd"), ("softmax", "contiguous", "bwd"),
                      ("softmax", "dim0", "fwd"), ("softmax", "dim0", "bwd")]
     for row in rows:
@@ -86,9 +87,9 @@ def test_end_table_and_summary(sweep):
 def test_progress_in_a_log(sweep):
     stderr = sweep[2]
     lines = [line for line in stderr.splitlines() if line.startswith("[")]
-    assert [line.split()[0] for line in lines] == [f"[{i}/3" for i in range(3)]
+    assert [line.split()[0] for line in lines] == [f"[{i}/4" for i in range(4)]
     assert "softmax float32 8x64 dim0" in lines[-1] and "ETA" in lines[-1]
-    assert "3/3 cases in" in stderr
+    assert "4/4 cases in" in stderr
     assert "\r" not in stderr
 
 
@@ -119,8 +120,10 @@ def test_verbose_prints_each_row(capsys):
     assert benchmark.main(TINY + ["--ops", "rms_norm", "--verbose"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines()
              if re.search(r"\dGB/s \(", line)]
-    assert [line.split()[:4] for line in lines] == [
-        ["rms_norm", "float32", "8x64", "fwd"], ["rms_norm", "float32", "8x64", "bwd"]]
+    assert [line.split()[:5] for line in lines] == [
+        ["rms_norm", "float32", "8x64", "fwd", "|"], ["rms_norm", "float32", "8x64", "bwd", "|"],
+        ["rms_norm", "float32", "8x64", "nhwc_view", "fwd"],
+        ["rms_norm", "float32", "8x64", "nhwc_view", "bwd"]]
 
 
 def test_plot(sweep):
@@ -194,8 +197,11 @@ def test_liger_peer(monkeypatch, tmp_path, capsys):
                                   "--plot", str(tmp_path / "plots")]) == 0
     data = json.loads(out.read_text())
     assert data["meta"]["liger_kernel"] == "unknown"  # the fake is no installed package
-    assert [r["op"] for r in data["results"]] == ["rms_norm"] * 2 + ["swiglu"] * 2
+    assert [r["op"] for r in data["results"]] == ["rms_norm"] * 4 + ["swiglu"] * 2
     for row in data["results"]:
+        if row["layout"] == "nhwc_view":  # Liger's norms take rows only
+            assert "Liger-Kernel_us" not in row
+            continue
         assert row["Liger-Kernel_us"] > 0
         assert row["speedup_vs_Liger-Kernel"] == pytest.approx(
             row["Liger-Kernel_us"] / row["fused_norm_us"])

@@ -12,6 +12,7 @@
 #include "../common/dyt.h"
 #include "../common/gated.h"
 #include "../common/group_norm.h"
+#include "../common/layout.h"
 #include "../common/row_norm.h"
 #include "../common/softmax.h"
 
@@ -27,6 +28,7 @@ struct CpuBackends {
   GatedBackend gated;
   ActivationBackend activation;
   DytBackend dyt;
+  LayoutBackend layout;
 };
 
 int cpu_threads(const at::Tensor&) { return at::get_num_threads(); }
@@ -82,6 +84,7 @@ const SoftmaxBackend& softmax_backend() { return backends().softmax; }
 const GatedBackend& gated_backend() { return backends().gated; }
 const ActivationBackend& activation_backend() { return backends().activation; }
 const DytBackend& dyt_backend() { return backends().dyt; }
+const LayoutBackend& layout_backend() { return backends().layout; }
 
 }  // namespace
 }  // namespace cpu
@@ -94,6 +97,7 @@ TORCH_LIBRARY_IMPL(fused_norm, CPU, m) {
   register_gated_kernels<cpu::gated_backend>(m);
   register_activation_kernels<cpu::activation_backend>(m);
   register_dyt_kernels<cpu::dyt_backend>(m);
+  register_layout_kernels<cpu::layout_backend>(m);
 }
 
 }  // namespace fused_norm

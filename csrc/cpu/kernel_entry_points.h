@@ -30,6 +30,7 @@ size_t prelu_bwd_workspace_bytes(const PreluBwdParams& p);
 void dyt_fwd(const DytFwdParams& p);
 void dyt_bwd(const DytBwdParams& p);
 size_t dyt_bwd_workspace_bytes(const DytBwdParams& p);
+void transpose_batched(const TransposeParams& p);
 
 // This capability's backends: the unqualified names are this namespace's entry points.
 inline CpuBackends backends() {
@@ -44,5 +45,6 @@ inline CpuBackends backends() {
       {activation_fwd, activation_bwd, rrelu_fwd, rrelu_bwd, prelu_fwd, prelu_bwd,
        prelu_bwd_workspace_bytes},
       {dyt_fwd, dyt_bwd, dyt_bwd_workspace_bytes, cpu_threads},
+      {transpose_batched},
   };
 }

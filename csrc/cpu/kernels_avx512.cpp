@@ -22,6 +22,7 @@
 #include "dyt_kernels.h"
 #include "gated_kernels.h"
 #include "group_norm_kernels.h"
+#include "layout_kernels.h"
 #include "row_norm_kernels.h"
 #include "softmax_kernels.h"
 // Proof that at::vec took its AVX-512 specialisation rather than the portable one.

@@ -5,5 +5,6 @@
 #include "dyt_kernels.h"
 #include "gated_kernels.h"
 #include "group_norm_kernels.h"
+#include "layout_kernels.h"
 #include "row_norm_kernels.h"
 #include "softmax_kernels.h"
