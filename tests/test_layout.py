@@ -24,11 +24,12 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uin
           torch.int32, torch.int64, torch.bool, torch.complex64]
 
 # (shape, memory format): tiles cut at odd sizes on both sides of the transpose (rows = H * W,
-# cols = C), a single row or column of tiles, whole 32 x 32 tiles, and layouts that are not
-# channels-last (torch's copy).
+# cols = C), whole 32 x 32 tiles, sides under 16 and layouts that are not channels-last
+# (torch's copy).
 LAYOUTS = [
     ((2, 37, 5, 7), torch.channels_last),
     ((3, 3, 61, 29), torch.channels_last),
+    ((3, 40, 61, 29), torch.channels_last),
     ((2, 64, 32, 32), torch.channels_last),
     ((1, 200, 1, 3), torch.channels_last),
     ((4, 5, 1, 1), torch.channels_last),
@@ -61,11 +62,12 @@ def test_equals_torch_contiguous(device, dtype, shape, fmt):
 # LayerNorm input; matrices; size-1 dims anywhere) and other permutations (torch's copy).
 VIEWS = {
     "nhwc": lambda x: x.permute(0, 2, 3, 1),
-    "ndhwc": lambda x: x.reshape(2, 3, 4, 5, 6).permute(0, 2, 3, 4, 1),
-    "matrix": lambda x: x.reshape(60, 12).t(),
-    "batched-matrix": lambda x: x.reshape(6, 20, 6).transpose(1, 2),
-    "rotate-two": lambda x: x.reshape(2, 6, 5, 12).permute(0, 3, 1, 2),
-    "size-1": lambda x: x.reshape(1, 12, 1, 60).permute(2, 0, 3, 1),
+    "ndhwc": lambda x: x.reshape(2, 40, 2, 3, 8).permute(0, 2, 3, 4, 1),
+    "matrix": lambda x: x.reshape(60, 64).t(),
+    "batched-matrix": lambda x: x.reshape(2, 40, 48).transpose(1, 2),
+    "rotate-two": lambda x: x.reshape(2, 20, 2, 48).permute(0, 3, 1, 2),
+    "size-1": lambda x: x.reshape(1, 48, 1, 80).permute(2, 0, 3, 1),
+    "narrow": lambda x: x.reshape(2, 3, 640).transpose(1, 2),  # under 16 wide: torch's copy
     "two-swaps": lambda x: x.transpose(1, 3),
     "reversed": lambda x: x.permute(3, 2, 1, 0),
 }
@@ -75,7 +77,7 @@ VIEWS = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int8],
                          ids=str)
 def test_permuted_views(device, view, dtype):
-    x = VIEWS[view]((torch.randn(2, 3, 10, 12, device=device) * 50).to(dtype))
+    x = VIEWS[view]((torch.randn(2, 40, 6, 8, device=device) * 50).to(dtype))
     assert not x.is_contiguous()
     assert torch.equal(ops.contiguous_copy(x), x.contiguous())
 
