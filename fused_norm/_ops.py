@@ -147,7 +147,7 @@ def channels_last_format(input):
 
 def contiguous(input):
     """input.contiguous(); a non-contiguous CPU input through fused_norm::contiguous_copy, a
-    blocked transpose for the layouts that are one (channels_last, NHWC views of it), where
+    blocked transpose for the layouts that are one (channels_last, NHWC views of NCHW), where
     torch's copy walks the input element by element."""
     if input.is_contiguous() or input.device.type != "cpu":
         return input.contiguous()

@@ -174,7 +174,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     """Like torch.nn.functional.instance_norm: GroupNorm with one group per channel when
     use_input_stats, else the running statistics (an eval BatchNorm). Like torch's, it
     normalizes input.contiguous(): the output is contiguous whatever the input's memory format
-    (and a channels_last input costs one copy, as torch's, before NCHW rows)."""
+    (and a channels_last input costs one copy, as torch's, before NCHW rows: ours a transpose,
+    _ops.contiguous)."""
     input = _ops.contiguous(input)
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
