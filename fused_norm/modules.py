@@ -1,6 +1,8 @@
 """Drop-in modules: subclasses of the torch.nn classes, so constructors, defaults, parameters,
 state_dict keys, repr and isinstance checks are torch's own; only forward runs our kernels."""
 
+import inspect
+
 import torch
 
 from . import _batch_norm
@@ -219,3 +221,18 @@ class InstanceNorm2d(_FusedInstanceNorm, torch.nn.InstanceNorm2d):
 
 class InstanceNorm3d(_FusedInstanceNorm, torch.nn.InstanceNorm3d):
     pass
+
+
+def _constructor_signature(cls):
+    """What inspect.signature (help(), IDEs) shows for a module whose __init__ takes *args and
+    **kwargs on to torch's: torch's constructor signature, then our keyword-only options."""
+    torch_base = next(base for base in cls.__mro__ if base.__module__.startswith("torch.nn"))
+    ours = [p for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return inspect.signature(torch_base).replace(
+        parameters=[*inspect.signature(torch_base).parameters.values(), *ours])
+
+
+for _cls in (AddLayerNorm, AddRMSNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm,
+             GroupNorm):
+    _cls.__signature__ = _constructor_signature(_cls)

@@ -9,6 +9,7 @@ result rounded to the tested dtype.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -593,3 +594,30 @@ def test_more_than_2_pow_31_elements_cuda(layout):
     # The last elements are the ones a 32-bit index would miss.
     tail = (x[-1].float() - mean[:, None, None]) * torch.rsqrt(var[:, None, None] + 1e-5)
     torch.testing.assert_close(y[-1].float(), tail, atol=2e-2, rtol=2e-2)
+
+
+def test_constructor_signatures_are_torchs_plus_options():
+    """inspect.signature (help(), IDEs) of the modules whose __init__ passes *args on: torch's
+    constructor's parameters, then our keyword-only options."""
+    import inspect
+
+    cases = {
+        fused_norm.BatchNorm1d: (torch.nn.BatchNorm1d, ["relu"]),
+        fused_norm.BatchNorm2d: (torch.nn.BatchNorm2d, ["relu"]),
+        fused_norm.BatchNorm3d: (torch.nn.BatchNorm3d, ["relu"]),
+        fused_norm.SyncBatchNorm: (torch.nn.SyncBatchNorm, ["relu"]),
+        fused_norm.GroupNorm: (torch.nn.GroupNorm, ["activation"]),
+        fused_norm.AddLayerNorm: (torch.nn.LayerNorm, ["alpha", "dropout_p", "prenorm",
+                                                       "residual_in_fp32", "out_dtype",
+                                                       "zero_centered_weight",
+                                                       "memory_efficient"]),
+        fused_norm.AddRMSNorm: (torch.nn.RMSNorm, ["alpha", "dropout_p", "prenorm",
+                                                   "residual_in_fp32", "out_dtype",
+                                                   "zero_centered_weight", "memory_efficient"]),
+    }
+    for ours, (theirs, options) in cases.items():
+        params = list(inspect.signature(ours).parameters.values())
+        base = list(inspect.signature(theirs).parameters.values())
+        assert params[:len(base)] == base, ours
+        assert [p.name for p in params[len(base):]] == options, ours
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[len(base):])
