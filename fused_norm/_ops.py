@@ -878,11 +878,14 @@ def _torch_autocasts(aten_op, dispatch_key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(aten_op, dispatch_key)
 
 
+_AUTOCAST_KEYS = (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU"))
+
+
 for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", "aten::rms_norm"),
                        ("add_norm_fwd", "aten::layer_norm"),
                        ("group_norm_fwd", "aten::group_norm"),
                        ("softmax_fwd", "aten::softmax.int")):
-    for _device, _key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
+    for _device, _key in _AUTOCAST_KEYS:
         if _torch_autocasts(_theirs, _key):
             torch.library.register_autocast(f"fused_norm::{_ours}", _device, torch.float32)
 
@@ -894,7 +897,7 @@ for _ours, _theirs in (("layer_norm_fwd", "aten::layer_norm"), ("rms_norm_fwd", 
 _AUTOCAST_POLICIES = frozenset(
     (aten_op, device)
     for aten_op in ("aten::prelu", "aten::softplus")
-    for device, key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU"))
+    for device, key in _AUTOCAST_KEYS
     if _torch_autocasts(aten_op, key))
 
 
