@@ -11,12 +11,19 @@ milliseconds, so the Python autograd around them costs nothing that matters.
 
 import torch
 
-from ._ops import ops
+from ._ops import ops, under_function_transform
 
 
 def batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                residual=None, relu=False):
-    """act(bn(input) + residual), act ReLU or none; running statistics updated in training."""
+    """act(bn(input) + residual), act ReLU or none; running statistics updated in training.
+    Under a torch.func transform or forward-mode AD, torch's batch_norm, add and relu."""
+    if under_function_transform():
+        y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+                                           training, momentum, eps)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if relu else y
     return ops.batch_norm_fwd(input, weight, bias, residual, running_mean, running_var, training,
                               momentum, eps, relu)[0]
 

@@ -135,6 +135,21 @@ def _batch_norm_bwd_fake(grad_out, input, mean, var, weight, bias, relu_output, 
     )
 
 
+def under_function_transform():
+    """True under a torch.func transform (vmap, grad, vjp, jacrev, jvp, jacfwd, hessian, ...) or
+    inside forward-mode AD's dual_level. There the public functions run torch's own functions
+    (or the plain-torch composition of a fused op, reference.py) instead of our ops: the ops'
+    autograd is a C++ autograd Function, which functorch's grad transforms refuse and which has
+    no forward-mode formula, and vmap would run an op once per sample. Off while torch.compile
+    traces (which sees a functorch interpreter where there is none): a compiled function keeps
+    our ops, and a compiled torch.func transform over them is not supported (vmap runs, through
+    torch's per-sample fallback; grad raises)."""
+    if torch.compiler.is_compiling():
+        return False
+    return (torch._C._functorch.peek_interpreter_stack() is not None
+            or torch.autograd.forward_ad._current_level >= 0)
+
+
 def channels_last_format(input):
     """torch.channels_last or channels_last_3d where input is laid out so (and is not also
     contiguous, as a tensor with C == 1 is), else None."""

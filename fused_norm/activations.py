@@ -32,7 +32,9 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _ours(input):
-    return input.dtype in _KERNEL_DTYPES
+    """Whether our kernels take the call; else torch's own function does: for dtypes they do not
+    have, and under a torch.func transform or forward-mode AD (_ops.under_function_transform)."""
+    return input.dtype in _KERNEL_DTYPES and not _ops.under_function_transform()
 
 
 def _apply(input, inplace, compute):
@@ -146,6 +148,9 @@ def softplus(input, beta=1.0, threshold=20.0):
 
 
 def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
+    if not training and lower <= upper and _ops.under_function_transform():
+        # torch's eval RReLU, as a LeakyReLU that vmap can batch (torch's rrelu it cannot).
+        return TF.leaky_relu(input, (lower + upper) / 2, inplace)
     if not _ours(input) or lower > upper:
         # torch's error for lower > upper (and its behaviour for other dtypes).
         return TF.rrelu(input, lower, upper, training, inplace)

@@ -13,7 +13,8 @@ import torch
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
-from . import _ops  # noqa: F401  (registers fakes and autograd)
+from . import _ops  # registers fakes and autograd; under_function_transform
+from .reference import dyt_ref, stats_dtype
 
 ops = torch.ops.fused_norm
 
@@ -22,7 +23,13 @@ __all__ = ["DyT", "dyt"]
 
 def dyt(input, alpha, weight=None, bias=None):
     """weight * tanh(alpha * input) + bias. alpha: a one-element tensor; weight, bias: the shape
-    of input's trailing dims (or None: 1 and 0)."""
+    of input's trailing dims (or None: 1 and 0). Under a torch.func transform or forward-mode
+    AD, the plain torch composition in opmath."""
+    if _ops.under_function_transform():
+        acc = stats_dtype(input.dtype)
+        y = dyt_ref(input.to(acc), alpha.to(acc), *(None if t is None else t.to(acc)
+                                                     for t in (weight, bias)))
+        return y.to(input.dtype)
     return ops.dyt_fwd(input, alpha, weight, bias)
 
 

@@ -6,7 +6,10 @@ import torch
 
 from . import _batch_norm, _ops
 from ._arguments import torch_int, torch_shape
-from .reference import stats_dtype
+from .reference import add_norm_ref, group_norm_ref, stats_dtype
+
+# Under a torch.func transform or forward-mode AD (_ops.under_function_transform) each function
+# below runs torch's own function, or for a fused op its plain-torch composition (reference.py).
 
 __all__ = [
     "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_add_relu", "batch_norm_relu",
@@ -22,6 +25,8 @@ def _as_shape(normalized_shape):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.layer_norm."""
+    if _ops.under_function_transform():
+        return torch.nn.functional.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = torch_shape("layer_norm", normalized_shape)
     # The kernels read rows of contiguous memory: a permuted input (ConvNeXt's NHWC view of a
     # channels-first activation) is copied first, as torch's layer_norm does, but by a transpose.
@@ -31,6 +36,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
+    if _ops.under_function_transform():
+        return torch.nn.functional.rms_norm(input, normalized_shape, weight, eps)
     shape = torch_shape("rms_norm", normalized_shape)
     if eps is None:
         eps = torch.finfo(stats_dtype(input.dtype)).eps
@@ -49,13 +56,21 @@ def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, 
               training, prenorm, residual_in_fp32, out_dtype, zero_centered_weight,
               memory_efficient):
     dropout_p = float(dropout_p) if training else 0.0
+    residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
+    if _ops.under_function_transform():
+        dropout = None
+        if dropout_p > 0:
+            def dropout(x):
+                return torch.nn.functional.dropout(x, dropout_p)
+        y, h = add_norm_ref(input, residual, _as_shape(normalized_shape), weight, bias, eps, rms,
+                            alpha, dropout, residual_dtype, out_dtype, zero_centered_weight)
+        return (y, h) if prenorm else y
     seed = None
     if dropout_p > 0:
         # One 64-bit key per call from torch's generator: reproducible under torch.manual_seed,
         # traced by torch.compile like any random op, and all the backward needs to regenerate
         # the mask.
         seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=input.device)
-    residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, residual, weight, bias))
     # h is written when returned, and when the backward needs it (unless it is the input).
@@ -153,6 +168,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
+    if _ops.under_function_transform():
+        return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, "none")[0]
 
 
@@ -166,6 +183,8 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
+    if _ops.under_function_transform():
+        return group_norm_ref(input, num_groups, weight, bias, eps, name)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, name)[0]
 
 
@@ -176,6 +195,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     normalizes input.contiguous(): the output is contiguous whatever the input's memory format
     (and a channels_last input costs one copy, as torch's, before NCHW rows: ours a transpose,
     _ops.contiguous)."""
+    if _ops.under_function_transform():
+        return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
+                                                 use_input_stats, momentum, eps)
     input = _ops.contiguous(input)
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,

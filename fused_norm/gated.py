@@ -14,11 +14,14 @@ torch.nn.GELU. The backward recomputes ``act(a)`` from ``a``: nothing else is sa
 import torch
 
 from . import _ops
+from .reference import gated_ref
 
 __all__ = ["GeGLU", "SwiGLU", "geglu", "swiglu"]
 
 
 def _gated(x, b, activation):
+    if _ops.under_function_transform():
+        return gated_ref(x, b, activation)
     if b is None:
         return _ops.ops.gated_chunk_fwd(x, activation)
     return _ops.ops.gated_fwd(x, b, activation)

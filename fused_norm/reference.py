@@ -46,6 +46,30 @@ def rms_norm_ref(x, normalized_shape, weight=None, eps=None):
     return y.to(x.dtype)
 
 
+def add_norm_ref(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, rms=False,
+                 alpha=1.0, dropout=None, residual_dtype=None, out_dtype=None,
+                 zero_centered_weight=False):
+    """The unfused add + norm of add_layer_norm / add_rms_norm: h = dropout(x) + alpha * residual
+    in opmath (dropout: a callable on x in opmath, or None), rounded to the residual stream's
+    dtype (residual_dtype, by default the residual's, else x's); the norm of h in opmath, with
+    the weight as (1 + weight) when zero-centered; y rounded to out_dtype (by default x's).
+    Returns (y, h)."""
+    acc = stats_dtype(x.dtype)
+    if residual_dtype is None:
+        residual_dtype = residual.dtype if residual is not None else x.dtype
+    h = x.to(acc) if dropout is None else dropout(x.to(acc))
+    if residual is not None:
+        h = h + alpha * residual.to(acc)
+    h = h.to(residual_dtype)
+    w = None if weight is None else weight.to(acc) + (1 if zero_centered_weight else 0)
+    if rms:
+        y = torch.nn.functional.rms_norm(h.to(acc), normalized_shape, w, eps)
+    else:
+        y = torch.nn.functional.layer_norm(h.to(acc), normalized_shape, w,
+                                           None if bias is None else bias.to(acc), eps)
+    return y.to(out_dtype or x.dtype), h
+
+
 def row_norm_bwd_ref(grad_out, x, normalized_shape, mean, rstd, weight, rms):
     """(dx, dweight, dbias) of LayerNorm (rms=False) or RMSNorm given the saved statistics.
 
@@ -143,6 +167,15 @@ _ACTIVATION_KINDS = {
 def activation_ref(x, kind, args):
     """act(x) for fused_norm::activation_fwd's `kind` and `args`, in torch."""
     return _ACTIVATION_KINDS[kind](x, *args)
+
+
+def gated_ref(a, b, activation):
+    """act(a) * b in opmath, rounded to a's dtype, for the gated units' activation names
+    ("silu", "gelu", "gelu_tanh"); b None: a, b = a.chunk(2, -1)."""
+    if b is None:
+        a, b = a.chunk(2, -1)
+    acc = stats_dtype(a.dtype)
+    return (ACTIVATIONS[activation](a.to(acc)) * b.to(acc)).to(a.dtype)
 
 
 def dyt_ref(x, alpha, weight=None, bias=None):

@@ -16,6 +16,9 @@ def _softmax(name, input, dim, stacklevel, dtype, log):
         # the same stack depth below the caller as torch.nn.functional's own.
         dim = torch.nn.functional._get_softmax_dim(name, input.dim(), stacklevel + 1)
     dim = torch_int(name, "dim", 1, dim)
+    if _ops.under_function_transform():
+        torch_softmax = torch.nn.functional.log_softmax if log else torch.nn.functional.softmax
+        return torch_softmax(input, dim, dtype=dtype)
     if dtype is not None:
         # torch casts before the op: the output comes in `dtype`, and so does the gradient's math.
         input = input.to(dtype)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_norm
+from fused_norm.reference import add_norm_ref
 from conftest import assert_close, requires_cuda, tol
 
 ops = torch.ops.fused_norm
@@ -32,21 +33,12 @@ def fused(norm, x, residual, ns, weight=None, bias=None, eps=1e-5, **kw):
 
 def composition(norm, x, residual, ns, weight=None, bias=None, eps=1e-5, alpha=1.0, mult=None,
                 residual_dtype=None, out_dtype=None, zero_centered=False):
-    """The unfused computation in plain torch (differentiable): h in opmath, rounded to the
-    residual stream's dtype; the norm in opmath; y rounded to out_dtype."""
-    acc = stats_dtype(x.dtype)
-    if residual_dtype is None:
-        residual_dtype = residual.dtype if residual is not None else x.dtype
-    h = x.to(acc) if mult is None else x.to(acc) * mult.to(acc)
-    if residual is not None:
-        h = h + alpha * residual.to(acc)
-    h = h.to(residual_dtype)
-    w = None if weight is None else weight.to(acc) + (1 if zero_centered else 0)
-    if norm == "layer_norm":
-        y = F.layer_norm(h.to(acc), ns, w, None if bias is None else bias.to(acc), eps)
-    else:
-        y = F.rms_norm(h.to(acc), ns, w, eps)
-    return y.to(out_dtype or x.dtype), h
+    """The unfused computation in plain torch (differentiable, fused_norm.reference): h in
+    opmath (mult: the dropout's scaled mask), rounded to the residual stream's dtype; the norm in
+    opmath; y rounded to out_dtype."""
+    dropout = None if mult is None else (lambda v: v * mult.to(v.dtype))
+    return add_norm_ref(x, residual, ns, weight, bias, eps, norm == "rms_norm", alpha, dropout,
+                        residual_dtype, out_dtype, zero_centered)
 
 
 def make(shape, dtype, device, requires_grad=False, scale=1.0):
