@@ -36,7 +36,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
-    if _ops.under_function_transform():
+    if input.is_complex() or _ops.under_function_transform():
+        # torch's composite rms_norm also takes complex input, which our kernels do not.
         return torch.nn.functional.rms_norm(input, normalized_shape, weight, eps)
     shape = torch_shape("rms_norm", normalized_shape)
     if eps is None:

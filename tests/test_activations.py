@@ -186,6 +186,19 @@ def test_gelu_negative_tail_keeps_relative_precision(device, dtype):
     assert ((y - ref) / ref).abs().max() < 3e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_tanh_saturates_exactly(device, dtype):
+    """Where tanh rounds to +-1 (float32: from 9.0109), it is +-1 exactly, as torch's, and its
+    gradient 1 - y^2 is exactly 0."""
+    x = torch.tensor([9.0109, 9.5, 12.0, 30.0, 1e4, float("inf")], device=device)
+    x = torch.cat([x, -x]).to(dtype).requires_grad_()
+    y = fused_norm.tanh(x)
+    assert torch.equal(y, torch.tanh(x.detach()))
+    assert torch.equal(y.abs(), torch.ones_like(y))
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(dx, torch.zeros_like(dx))
+
+
 @pytest.mark.parametrize("name", ["sigmoid", "silu", "softplus", "mish", "elu"])
 def test_exp_based_float32_precision_over_exp_range_cpu(name):
     # The CPU exp behind these (our own polynomial exp on AVX-512, at::vec's exp_u20 elsewhere)

@@ -226,18 +226,36 @@ def test_add_norm_dropout_under_vjp():
     torch.testing.assert_close(dx, torch.where(kept, 2 * dh, 0))
 
 
-def test_per_sample_gradients_of_a_converted_model():
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_per_sample_gradients_of_a_converted_model(kind):
     """torch.func's per-sample gradients (vmap over grad of functional_call), as Opacus-style
-    training computes them, through a model converted to fused_norm equal the torch model's."""
+    training computes them, through a model converted to fused_norm equal the torch model's.
+    The CNN's BatchNorm is patched by torch.func.replace_all_batch_norm_modules_ (no running
+    statistics under vmap), as torch.func's documentation has it; its BatchNorm + ReLU and
+    GroupNorm + SiLU pairs are fused by convert."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.GELU(), torch.nn.Linear(8, 8),
-        torch.nn.RMSNorm(8), torch.nn.SiLU(), torch.nn.Linear(8, 3), torch.nn.LogSoftmax(-1),
-    ).double()
+    if kind == "mlp":
+        model = torch.nn.Sequential(
+            torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.GELU(), torch.nn.Linear(8, 8),
+            torch.nn.RMSNorm(8), torch.nn.SiLU(), torch.nn.Linear(8, 3), torch.nn.LogSoftmax(-1),
+        ).double()
+        x = randn(5, 6)
+    else:
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+            torch.nn.GroupNorm(2, 4), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3),
+            torch.nn.LogSoftmax(-1),
+        ).double()
+        x = randn(5, 3, 6, 6)
     converted = copy.deepcopy(model)
     report = fused_norm.convert(converted)
-    assert len(report) == 5, report  # the two norms, the two activations, LogSoftmax
-    x, target = randn(5, 6), torch.randint(0, 3, (5,))
+    # Two norms, two activations and LogSoftmax converted; the CNN's pairs fused besides.
+    assert len(report) == (5 if kind == "mlp" else 7), report
+    if kind == "cnn":
+        assert len(report.fused) == 2, report
+        for m in (model, converted):
+            torch.func.replace_all_batch_norm_modules_(m)
+    target = torch.randint(0, 3, (5,))
 
     def per_sample_grads(m):
         params = {k: v.detach() for k, v in m.named_parameters()}

@@ -891,6 +891,16 @@ def _assert_same_error(torch_fn, ours_fn, regex):
     assert re.search(regex, str(ours.value)), f"message {str(ours.value)!r} does not match {regex!r}"
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_input_as_torch(dtype):
+    """torch's composite rms_norm takes complex input (its layer_norm refuses it, as ours)."""
+    x = torch.randn(3, 8, dtype=dtype)
+    w = torch.randn(8, dtype=dtype)
+    torch.testing.assert_close(fused_norm.rms_norm(x, (8,), w), F.rms_norm(x, (8,), w))
+    with pytest.raises(NotImplementedError, match="not implemented for 'Complex"):
+        fused_norm.layer_norm(x, (8,))
+
+
 @pytest.mark.parametrize("norm, case, entry", BAD_CASES)
 def test_bad_input(norm, case, entry, device):
     builder, regexes = BAD_INPUTS[case]
