@@ -1,5 +1,6 @@
 """Functional forms, with the signatures and defaults of torch.nn.functional."""
 
+import functools
 import numbers
 
 import torch
@@ -59,10 +60,7 @@ def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, 
     dropout_p = float(dropout_p) if training else 0.0
     residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
     if _ops.under_function_transform():
-        dropout = None
-        if dropout_p > 0:
-            def dropout(x):
-                return torch.nn.functional.dropout(x, dropout_p)
+        dropout = functools.partial(torch.nn.functional.dropout, p=dropout_p) if dropout_p else None
         y, h = add_norm_ref(input, residual, _as_shape(normalized_shape), weight, bias, eps, rms,
                             alpha, dropout, residual_dtype, out_dtype, zero_centered_weight)
         return (y, h) if prenorm else y

@@ -11,17 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import fused_norm
-from fused_norm.reference import add_norm_ref
+from fused_norm.reference import add_norm_ref, stats_dtype
 from conftest import assert_close, requires_cuda, tol
 
 ops = torch.ops.fused_norm
 
 NORMS = ["layer_norm", "rms_norm"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def stats_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def fused(norm, x, residual, ns, weight=None, bias=None, eps=1e-5, **kw):
