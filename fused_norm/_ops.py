@@ -150,6 +150,22 @@ def under_function_transform():
             or torch.autograd.forward_ad._current_level >= 0)
 
 
+class TorchScriptUnsupported:
+    """Base of every fused_norm module: torch.jit.script (deprecated since torch 2.5) refuses it
+    up front with a clear error, instead of failing deep inside its compiler on the Python of our
+    functions. torch.jit.trace and torch.export record our ops and torch.compile runs them; a
+    model converted by fused_norm.convert scripts again after fused_norm.revert. (The hook may
+    not hand TorchScript a torch.nn stand-in instead: TorchScript writes what it returns into
+    the parent's submodules, which would silently un-convert the user's eager model.)"""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script does not support fused_norm.{type(self).__name__}: use "
+            "torch.jit.trace, torch.export or torch.compile (which keep fused_norm's kernels), "
+            "or script the model with torch.nn's modules (fused_norm.revert(model) after "
+            "fused_norm.convert)")
+
+
 def channels_last_format(input):
     """torch.channels_last or channels_last_3d where input is laid out so (and is not also
     contiguous, as a tensor with C == 1 is), else None."""

@@ -179,86 +179,86 @@ def prelu(input, weight):
 # ---- modules ----------------------------------------------------------------------------------
 
 
-class ReLU(torch.nn.ReLU):
+class ReLU(_ops.TorchScriptUnsupported, torch.nn.ReLU):
     def forward(self, input):
         return relu(input, inplace=self.inplace)
 
 
-class ReLU6(torch.nn.ReLU6):
+class ReLU6(_ops.TorchScriptUnsupported, torch.nn.ReLU6):
     def forward(self, input):
         return relu6(input, inplace=self.inplace)
 
 
-class LeakyReLU(torch.nn.LeakyReLU):
+class LeakyReLU(_ops.TorchScriptUnsupported, torch.nn.LeakyReLU):
     def forward(self, input):
         return leaky_relu(input, self.negative_slope, self.inplace)
 
 
-class PReLU(torch.nn.PReLU):
+class PReLU(_ops.TorchScriptUnsupported, torch.nn.PReLU):
     def forward(self, input):
         return prelu(input, self.weight)
 
 
-class RReLU(torch.nn.RReLU):
+class RReLU(_ops.TorchScriptUnsupported, torch.nn.RReLU):
     def forward(self, input):
         return rrelu(input, self.lower, self.upper, self.training, self.inplace)
 
 
-class ELU(torch.nn.ELU):
+class ELU(_ops.TorchScriptUnsupported, torch.nn.ELU):
     def forward(self, input):
         return elu(input, self.alpha, self.inplace)
 
 
-class SELU(torch.nn.SELU):
+class SELU(_ops.TorchScriptUnsupported, torch.nn.SELU):
     def forward(self, input):
         return selu(input, self.inplace)
 
 
-class CELU(torch.nn.CELU):
+class CELU(_ops.TorchScriptUnsupported, torch.nn.CELU):
     def forward(self, input):
         return celu(input, self.alpha, self.inplace)
 
 
-class GELU(torch.nn.GELU):
+class GELU(_ops.TorchScriptUnsupported, torch.nn.GELU):
     def forward(self, input):
         return gelu(input, approximate=self.approximate)
 
 
-class SiLU(torch.nn.SiLU):
+class SiLU(_ops.TorchScriptUnsupported, torch.nn.SiLU):
     def forward(self, input):
         return silu(input, inplace=self.inplace)
 
 
-class Mish(torch.nn.Mish):
+class Mish(_ops.TorchScriptUnsupported, torch.nn.Mish):
     def forward(self, input):
         return mish(input, inplace=self.inplace)
 
 
-class Hardswish(torch.nn.Hardswish):
+class Hardswish(_ops.TorchScriptUnsupported, torch.nn.Hardswish):
     def forward(self, input):
         return hardswish(input, self.inplace)
 
 
-class Hardsigmoid(torch.nn.Hardsigmoid):
+class Hardsigmoid(_ops.TorchScriptUnsupported, torch.nn.Hardsigmoid):
     def forward(self, input):
         return hardsigmoid(input, self.inplace)
 
 
-class Hardtanh(torch.nn.Hardtanh):
+class Hardtanh(_ops.TorchScriptUnsupported, torch.nn.Hardtanh):
     def forward(self, input):
         return hardtanh(input, self.min_val, self.max_val, self.inplace)
 
 
-class Sigmoid(torch.nn.Sigmoid):
+class Sigmoid(_ops.TorchScriptUnsupported, torch.nn.Sigmoid):
     def forward(self, input):
         return sigmoid(input)
 
 
-class Tanh(torch.nn.Tanh):
+class Tanh(_ops.TorchScriptUnsupported, torch.nn.Tanh):
     def forward(self, input):
         return tanh(input)
 
 
-class Softplus(torch.nn.Softplus):
+class Softplus(_ops.TorchScriptUnsupported, torch.nn.Softplus):
     def forward(self, input):
         return softplus(input, self.beta, self.threshold)

@@ -1,5 +1,6 @@
 """Functional forms, with the signatures and defaults of torch.nn.functional."""
 
+import contextlib
 import functools
 import numbers
 
@@ -221,23 +222,25 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         # gradients) and keeps the running statistics.
         return _empty_instance_norm(input, weight, bias)
     # torch's instance_norm keeps the input's dtype under autocast (group_norm goes to float32).
-    with torch.autocast(input.device.type, enabled=False):
+    # (The region only where autocast is on: torch.export would keep it in the graph.)
+    with torch.autocast(input.device.type, enabled=False) if torch.is_autocast_enabled(
+            input.device.type) else contextlib.nullcontext():
         y, mean, rstd = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
-    if running_mean is not None or running_var is not None:
-        with torch.no_grad():
-            if input.size(0) == 0:
-                # torch averages the per-instance statistics over no instances: NaN.
-                for stat in (running_mean, running_var):
-                    if stat is not None:
-                        stat.fill_(float("nan"))
-            else:
-                spatial = input.numel() // (input.size(0) * C)
-                if running_mean is not None:
-                    running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
-                if running_var is not None:
-                    # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
-                    var = (rstd.reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
-                    running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
+    # The running statistics from detached statistics rather than under no_grad: a no_grad
+    # region in the graph of torch.export makes a program that torch.export.load refuses.
+    if input.size(0) == 0:
+        # torch averages the per-instance statistics over no instances: NaN.
+        for stat in (running_mean, running_var):
+            if stat is not None:
+                stat.fill_(float("nan"))
+    else:
+        spatial = input.numel() // (input.size(0) * C)
+        if running_mean is not None:
+            running_mean.lerp_(mean.detach().mean(0).to(running_mean.dtype), momentum)
+        if running_var is not None:
+            # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
+            var = (rstd.detach().reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
+            running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
     return y
 
 
