@@ -3,7 +3,7 @@
 // defines CPU_CAPABILITY). The two reductions (statistics, backward sums) are the shared column
 // reduction of column_reduce.h; the two elementwise passes walk the array the same two ways. In
 // training, where a channel's planes fit in a core's cache, the backward instead runs both of its
-// passes channel by channel (column_norm_bwd_by_channel), with the same per-chunk functors.
+// passes channel by channel, with the same per-chunk functors (column_norm_bwd_training).
 //
 // Contract (csrc/common/column_norm_params.h): A * C * B > 0 and all arrays contiguous. The six
 // entry points at the bottom are defined (not inline) in each capability's namespace.
@@ -143,11 +143,11 @@ std::array<acc_t, kTraining ? 4 : 1> bwd_dx_coefs(const ColumnNormBwdElemtParams
 }
 
 // The dx pass's apply_chunk (column_elementwise's functor, and the by-channel walk's), k[n]
-// holding coefficient n of bwd_dx_coefs.
+// holding coefficient n of bwd_dx_coefs. With kStoreG it also writes g (as bwd_sums_of) to g_out.
 // Scalar math: dx = g * g_scale - ((x - mean) * xmu_scale + g_shift)   (training)
 //              dx = g * g_scale                                         (eval)
-template <typename T, bool kTraining, bool kReluMask>
-auto bwd_dx_of(const ColumnNormBwdElemtParams& p) {
+template <typename T, bool kTraining, bool kReluMask, bool kStoreG = false>
+auto bwd_dx_of(const ColumnNormBwdElemtParams& p, void* g_out = nullptr) {
   using C = Chunk<T>;
   using AccVec = typename C::AccVec;
   constexpr int kCoefs = kTraining ? 4 : 1;
@@ -155,7 +155,8 @@ auto bwd_dx_of(const ColumnNormBwdElemtParams& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* y = static_cast<const T*>(p.y);
   T* dx = static_cast<T*>(p.dx);
-  return [dy, x, y, dx](int64_t i, auto count, const AccVec (&k)[kCoefs][C::kParts]) {
+  T* g_store = static_cast<T*>(g_out);
+  return [dy, x, y, dx, g_store](int64_t i, auto count, const AccVec (&k)[kCoefs][C::kParts]) {
     AccVec g[C::kParts];
     C::load(dy + i, g, count);
     if constexpr (kReluMask) {
@@ -163,6 +164,7 @@ auto bwd_dx_of(const ColumnNormBwdElemtParams& p) {
       C::load(y + i, yv, count);
       for (int part = 0; part < C::kParts; ++part) g[part] = relu_grad(g[part], yv[part]);
     }
+    if constexpr (kStoreG) C::store(g_store + i, g, count);
     if constexpr (kTraining) {
       AccVec xv[C::kParts];
       C::load(x + i, xv, count);
@@ -177,8 +179,8 @@ auto bwd_dx_of(const ColumnNormBwdElemtParams& p) {
   };
 }
 
-template <typename T, bool kTraining, bool kReluMask>
-void column_norm_bwd_elemt_typed(const ColumnNormBwdElemtParams& p) {
+template <typename T, bool kTraining, bool kReluMask, bool kStoreG = false>
+void column_norm_bwd_elemt_typed(const ColumnNormBwdElemtParams& p, void* g_out = nullptr) {
   using acc_t = at::opmath_type<T>;
   constexpr int kCoefs = kTraining ? 4 : 1;
   const int64_t channels = p.shape.C;
@@ -190,7 +192,8 @@ void column_norm_bwd_elemt_typed(const ColumnNormBwdElemtParams& p) {
     const auto k = bwd_dx_coefs<kTraining>(p, c, invstd[c], weight[c]);
     for (int n = 0; n < kCoefs; ++n) coefs[n][c] = k[n];
   }
-  column_elementwise<T, kCoefs>(p.shape, coefs, bwd_dx_of<T, kTraining, kReluMask>(p));
+  column_elementwise<T, kCoefs>(p.shape, coefs,
+                                bwd_dx_of<T, kTraining, kReluMask, kStoreG>(p, g_out));
 }
 
 // The by-channel backward walks a block of channels twice, the second time from the core's
@@ -307,6 +310,36 @@ bool column_norm_bwd_by_channel_typed(const ColumnNormBwdReduceParams& r,
   return true;
 }
 
+// Training's two backward passes in one backend call (ColumnNormBackend::bwd_fused) where that
+// pays: channel by channel where a channel fits the cache, else, when the residual's gradient g
+// is wanted and the input is channels_last (or 2-D), with g written by the dx pass instead of
+// by the reduction. The reduction walks a few columns down many rows, and rows of a power-of-two
+// number of bytes (256 channels of float32) put its store of g at the addresses modulo 4 KiB
+// that its next loads of dy, x and y have: the loads then wait on the stores (4K aliasing),
+// which made the reduction 2-3x slower. The dx pass walks memory in order. (NCHW with short
+// planes, also reduced by rows, stays on the split passes: its dx pass reads four per-column
+// coefficient arrays as long as a row, and a fifth stream there measured slower.)
+// Returns false, having done nothing, for the split passes of training_bwd.
+template <typename T, bool kReluMask, bool kStoreG>
+bool column_norm_bwd_training_typed(const ColumnNormBwdReduceParams& r,
+                                    const ColumnNormBwdElemtParams& e) {
+  if (column_norm_bwd_by_channel_typed<T, kReluMask, kStoreG>(r, e)) return true;
+  if constexpr (kReluMask && kStoreG) {
+    if (r.shape.B == 1) {
+      // (bwd_fused runs before the caller allocates the reduction's workspace.)
+      std::vector<SumAcc::State> workspace(
+          column_reduce_bytes<T, SumAcc::State>(r.shape, r.parallelism) / sizeof(SumAcc::State));
+      ColumnNormBwdReduceParams sums_only = r;
+      sums_only.g = nullptr;
+      sums_only.workspace = workspace.data();
+      column_norm_bwd_reduce_typed<T, true, false>(sums_only);
+      column_norm_bwd_elemt_typed<T, true, true, true>(e, r.g);
+      return true;
+    }
+  }
+  return false;
+}
+
 // Calls f(std::true_type()) or f(std::false_type()): a runtime flag as a template argument.
 template <typename F>
 void dispatch_bool(bool flag, F&& f) {
@@ -339,14 +372,14 @@ void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p) {
   });
 }
 
-bool column_norm_bwd_by_channel(const ColumnNormBwdReduceParams& r,
-                                const ColumnNormBwdElemtParams& e) {
+bool column_norm_bwd_training(const ColumnNormBwdReduceParams& r,
+                              const ColumnNormBwdElemtParams& e) {
   bool done = false;
   dispatch_x_dtype(r.x_dtype, [&](auto tag) {
     dispatch_bool(r.y != nullptr, [&](auto relu_mask) {
       dispatch_bool(r.g != nullptr, [&](auto store_g) {
-        done = column_norm_bwd_by_channel_typed<decltype(tag), decltype(relu_mask)::value,
-                                                decltype(store_g)::value>(r, e);
+        done = column_norm_bwd_training_typed<decltype(tag), decltype(relu_mask)::value,
+                                              decltype(store_g)::value>(r, e);
       });
     });
   });

@@ -216,6 +216,7 @@ C10_ALWAYS_INLINE void column_reduce(
       for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
         State* slice_states = states + slice * s.C;
         std::fill(slice_states, slice_states + s.C, State());
+        auto add_local = add_chunk;  // as in add_tile below
         AccVec sum1[kChains][kParts], sum2[kChains][kParts];
         auto reset = [&] {
           for (int ch = 0; ch < kChains; ++ch) {
@@ -250,7 +251,7 @@ C10_ALWAYS_INLINE void column_reduce(
           const int64_t plane_end = std::min(end, (plane + 1) * B);
           for (int64_t block_end; i < plane_end; i = block_end) {
             block_end = std::min(plane_end, i + kBlock);
-            add_run_in_chains<C>(i, block_end, add_chunk, param, sum1, sum2);
+            add_run_in_chains<C>(i, block_end, add_local, param, sum1, sum2);
             flush(slice_states[c], block_end - i);
           }
           ++plane;
@@ -301,6 +302,11 @@ C10_ALWAYS_INLINE void column_reduce(
         auto add_tile = [&](auto n_chunks, int64_t j, int64_t r0, int64_t r1,
                             auto count) C10_NOINLINE {
           constexpr int kN = decltype(n_chunks)::value;
+          // Local copies of the functor and the row length, in registers: reached through this
+          // closure, they were reloaded after each of the functor's stores (the backward's
+          // masked gradient).
+          auto add_local = add_chunk;
+          const int64_t row_stride = row_len;
           AccVec param[kN][kParams][kParts], sum1[kN][kParts], sum2[kN][kParts];
           for (int n = 0; n < kN; ++n) {
             for (int k = 0; k < kParts; ++k) {
@@ -314,7 +320,7 @@ C10_ALWAYS_INLINE void column_reduce(
           }
           for (int64_t r = r0; r < r1; ++r) {
             for (int n = 0; n < kN; ++n) {
-              add_chunk(r * row_len + j + n * kVec, count, param[n], sum1[n], sum2[n]);
+              add_local(r * row_stride + j + n * kVec, count, param[n], sum1[n], sum2[n]);
             }
           }
           for (int n = 0; n < kN; ++n) {

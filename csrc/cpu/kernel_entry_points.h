@@ -10,8 +10,8 @@ void column_norm_stats(const ColumnStatsParams& p);
 void column_norm_elemt(const ColumnNormElemtParams& p);
 void column_norm_bwd_reduce(const ColumnNormBwdReduceParams& p);
 void column_norm_bwd_elemt(const ColumnNormBwdElemtParams& p);
-bool column_norm_bwd_by_channel(const ColumnNormBwdReduceParams& r,
-                                const ColumnNormBwdElemtParams& e);
+bool column_norm_bwd_training(const ColumnNormBwdReduceParams& r,
+                              const ColumnNormBwdElemtParams& e);
 size_t column_reduce_workspace_bytes(const ColumnShape& shape, DType x_dtype, int parallelism);
 void group_norm_fwd(const GroupNormFwdParams& p);
 void group_norm_bwd(const GroupNormBwdParams& p);
@@ -37,7 +37,7 @@ inline CpuBackends backends() {
   return {
       {row_norm_fwd, row_norm_bwd, row_norm_bwd_workspace_bytes, cpu_threads},
       {column_norm_stats, column_norm_elemt, column_norm_bwd_reduce, column_norm_bwd_elemt,
-       column_reduce_workspace_bytes, cpu_threads, column_norm_bwd_by_channel},
+       column_reduce_workspace_bytes, cpu_threads, column_norm_bwd_training},
       {group_norm_fwd, group_norm_bwd, no_group_norm_fwd_workspace,
        group_norm_bwd_workspace_bytes, cpu_threads, /*channels_last=*/true},
       {softmax_fwd, softmax_bwd, cpu_threads},
