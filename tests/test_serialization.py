@@ -147,3 +147,17 @@ def test_jit_script_refused_clearly(make, batch):
 def test_every_module_refuses_script(module):
     with pytest.raises(RuntimeError, match=f"fused_norm.{type(module).__name__}: use"):
         torch.jit.script(module)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("make,batch", MODELS)
+def test_export_dynamic_batch(make, batch, training):
+    """A program exported with a symbolic batch size (our fake kernels take symbolic shapes)
+    runs another batch size as the eager model does."""
+    model = _converted(make).train(training)
+    reference = copy.deepcopy(model)
+    x = batch()
+    program = torch.export.export(model, (x,),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=2)},))
+    other = torch.cat([x, x[:1]])  # one sample more
+    torch.testing.assert_close(program.module()(other), reference(other))
