@@ -11,14 +11,15 @@ milliseconds, so the Python autograd around them costs nothing that matters.
 
 import torch
 
-from ._ops import ops, under_function_transform
+from ._ops import defer_to_torch, ops
 
 
 def batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                residual=None, relu=False):
     """act(bn(input) + residual), act ReLU or none; running statistics updated in training.
-    Under a torch.func transform or forward-mode AD, torch's batch_norm, add and relu."""
-    if under_function_transform():
+    Under a torch.func transform or forward-mode AD, and for nested or sparse input
+    (_ops.defer_to_torch), torch's batch_norm, add and relu."""
+    if defer_to_torch(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
                                            training, momentum, eps)
         if residual is not None:

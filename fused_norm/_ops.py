@@ -166,6 +166,16 @@ class TorchScriptUnsupported:
             "fused_norm.convert)")
 
 
+def defer_to_torch(input):
+    """Whether a public function hands the call on input to torch's own function (a fused op:
+    to its plain-torch composition, reference.py): under a torch.func transform or forward-mode
+    AD (under_function_transform), and for tensors our kernels do not take but torch's functions
+    may: nested (jagged) tensors, layouts other than strided (sparse) and quantized tensors.
+    There torch's result, or torch's error, is the answer."""
+    return (input.is_nested or input.layout != torch.strided or input.is_quantized
+            or under_function_transform())
+
+
 def channels_last_format(input):
     """torch.channels_last or channels_last_3d where input is laid out so (and is not also
     contiguous, as a tensor with C == 1 is), else None."""

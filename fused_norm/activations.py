@@ -33,8 +33,9 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 def _ours(input):
     """Whether our kernels take the call; else torch's own function does: for dtypes they do not
-    have, and under a torch.func transform or forward-mode AD (_ops.under_function_transform)."""
-    return input.dtype in _KERNEL_DTYPES and not _ops.under_function_transform()
+    have, for nested and sparse input, and under a torch.func transform or forward-mode AD
+    (_ops.defer_to_torch)."""
+    return input.dtype in _KERNEL_DTYPES and not _ops.defer_to_torch(input)
 
 
 def _apply(input, inplace, compute):

@@ -13,7 +13,7 @@ import torch
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
-from . import _ops  # registers fakes and autograd; under_function_transform
+from . import _ops  # registers fakes and autograd; defer_to_torch
 from .reference import dyt_ref, stats_dtype
 
 ops = torch.ops.fused_norm
@@ -24,8 +24,9 @@ __all__ = ["DyT", "dyt"]
 def dyt(input, alpha, weight=None, bias=None):
     """weight * tanh(alpha * input) + bias. alpha: a one-element tensor; weight, bias: the shape
     of input's trailing dims (or None: 1 and 0). Under a torch.func transform or forward-mode
-    AD, the plain torch composition in opmath."""
-    if _ops.under_function_transform():
+    AD, and for nested or sparse input (_ops.defer_to_torch), the plain torch composition in
+    opmath."""
+    if _ops.defer_to_torch(input):
         acc = stats_dtype(input.dtype)
         y = dyt_ref(input.to(acc), alpha.to(acc), *(None if t is None else t.to(acc)
                                                      for t in (weight, bias)))

@@ -10,8 +10,9 @@ from . import _batch_norm, _ops
 from ._arguments import torch_int, torch_shape
 from .reference import add_norm_ref, group_norm_ref, stats_dtype
 
-# Under a torch.func transform or forward-mode AD (_ops.under_function_transform) each function
-# below runs torch's own function, or for a fused op its plain-torch composition (reference.py).
+# Under a torch.func transform or forward-mode AD, and for nested or sparse input
+# (_ops.defer_to_torch), each function below runs torch's own function, or for a fused op its
+# plain-torch composition (reference.py).
 
 __all__ = [
     "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_add_relu", "batch_norm_relu",
@@ -27,7 +28,7 @@ def _as_shape(normalized_shape):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.layer_norm."""
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         return torch.nn.functional.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = torch_shape("layer_norm", normalized_shape)
     # The kernels read rows of contiguous memory: a permuted input (ConvNeXt's NHWC view of a
@@ -38,7 +39,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
-    if input.is_complex() or _ops.under_function_transform():
+    if input.is_complex() or _ops.defer_to_torch(input):
         # torch's composite rms_norm also takes complex input, which our kernels do not.
         return torch.nn.functional.rms_norm(input, normalized_shape, weight, eps)
     shape = torch_shape("rms_norm", normalized_shape)
@@ -60,7 +61,7 @@ def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, 
               memory_efficient):
     dropout_p = float(dropout_p) if training else 0.0
     residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         dropout = functools.partial(torch.nn.functional.dropout, p=dropout_p) if dropout_p else None
         y, h = add_norm_ref(input, residual, _as_shape(normalized_shape), weight, bias, eps, rms,
                             alpha, dropout, residual_dtype, out_dtype, zero_centered_weight)
@@ -168,7 +169,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, "none")[0]
 
@@ -183,7 +184,7 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         return group_norm_ref(input, num_groups, weight, bias, eps, name)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, name)[0]
 
@@ -195,7 +196,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     normalizes input.contiguous(): the output is contiguous whatever the input's memory format
     (and a channels_last input costs one copy, as torch's, before NCHW rows: ours a transpose,
     _ops.contiguous)."""
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
                                                  use_input_stats, momentum, eps)
     input = _ops.contiguous(input)
@@ -223,8 +224,10 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         return _empty_instance_norm(input, weight, bias)
     # torch's instance_norm keeps the input's dtype under autocast (group_norm goes to float32).
     # (The region only where autocast is on: torch.export would keep it in the graph.)
-    with torch.autocast(input.device.type, enabled=False) if torch.is_autocast_enabled(
-            input.device.type) else contextlib.nullcontext():
+    device = input.device.type
+    with torch.autocast(device, enabled=False) if (
+            torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    ) else contextlib.nullcontext():
         y, mean, rstd = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
     # The running statistics from detached statistics rather than under no_grad: a no_grad
     # region in the graph of torch.export makes a program that torch.export.load refuses.

@@ -20,7 +20,7 @@ __all__ = ["GeGLU", "SwiGLU", "geglu", "swiglu"]
 
 
 def _gated(x, b, activation):
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(x):
         return gated_ref(x, b, activation)
     if b is None:
         return _ops.ops.gated_chunk_fwd(x, activation)

@@ -16,7 +16,7 @@ def _softmax(name, input, dim, stacklevel, dtype, log):
         # the same stack depth below the caller as torch.nn.functional's own.
         dim = torch.nn.functional._get_softmax_dim(name, input.dim(), stacklevel + 1)
     dim = torch_int(name, "dim", 1, dim)
-    if _ops.under_function_transform():
+    if _ops.defer_to_torch(input):
         torch_softmax = torch.nn.functional.log_softmax if log else torch.nn.functional.softmax
         return torch_softmax(input, dim, dtype=dtype)
     if dtype is not None:
