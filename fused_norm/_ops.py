@@ -5,6 +5,7 @@ fused_norm._C loads them.
 """
 
 import math
+import sys
 
 import torch
 
@@ -166,14 +167,22 @@ class TorchScriptUnsupported:
             "fused_norm.convert)")
 
 
+def _is_dtensor(input):
+    # Looked up, not imported: importing torch.distributed.tensor costs 0.7 s, and a program with
+    # DTensors has imported it.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(input, module.DTensor)
+
+
 def defer_to_torch(input):
     """Whether a public function hands the call on input to torch's own function (a fused op:
     to its plain-torch composition, reference.py): under a torch.func transform or forward-mode
     AD (under_function_transform), and for tensors our kernels do not take but torch's functions
-    may: nested (jagged) tensors, layouts other than strided (sparse) and quantized tensors.
-    There torch's result, or torch's error, is the answer."""
+    may: nested (jagged) tensors, layouts other than strided (sparse), quantized tensors and
+    DTensors (tensor parallelism; our ops have no sharding rules). There torch's result, or
+    torch's error, is the answer."""
     return (input.is_nested or input.layout != torch.strided or input.is_quantized
-            or under_function_transform())
+            or _is_dtensor(input) or under_function_transform())
 
 
 def channels_last_format(input):

@@ -1,6 +1,6 @@
-"""Tensors our kernels do not take: nested (jagged) tensors, sparse and quantized tensors go to
-torch's own function (_ops.defer_to_torch), so that they get torch's result or torch's error;
-meta tensors run our ops' fake kernels, with torch's output shapes, dtypes and strides."""
+"""Tensors our kernels do not take: nested (jagged) tensors, sparse and quantized tensors and
+DTensors go to torch's own function (_ops.defer_to_torch), so that they get torch's result or
+torch's error; meta tensors run our ops' fake kernels, with torch's output shapes and dtypes."""
 
 import copy
 
@@ -124,3 +124,69 @@ def test_meta_tensors(ours, theirs, shape, memory_format):
         assert y.device.type == "meta"
         assert (y.shape, y.dtype) == (expected.shape, expected.dtype)
         assert y.stride() == on_cpu.train(training)(real).stride()
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+DTENSOR_FUNCTIONS = [
+    ("layer_norm", lambda x, w: fused_norm.layer_norm(x, (D,), w),
+     lambda x, w: F.layer_norm(x, (D,), w)),
+    ("rms_norm", lambda x, w: fused_norm.rms_norm(x, (D,), w), lambda x, w: F.rms_norm(x, (D,), w)),
+    ("add_rms_norm", lambda x, w: fused_norm.add_rms_norm(x, x, (D,), w),
+     lambda x, w: F.rms_norm(x + x, (D,), w)),
+    ("softmax", lambda x, w: fused_norm.softmax(x * w, -1), lambda x, w: F.softmax(x * w, -1)),
+    ("gelu", lambda x, w: fused_norm.gelu(x * w), lambda x, w: F.gelu(x * w)),
+    ("silu", lambda x, w: fused_norm.silu(x * w), lambda x, w: F.silu(x * w)),
+]
+
+
+@pytest.mark.parametrize("name,ours,theirs", DTENSOR_FUNCTIONS,
+                         ids=[f[0] for f in DTENSOR_FUNCTIONS])
+def test_dtensor_input_as_torch(one_process_group, name, ours, theirs):
+    """Tensor parallelism hands norms and activations DTensors (sharded along the sequence):
+    they get torch's function, with its placements and gradients."""
+    from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor
+
+    mesh = DeviceMesh("cpu", [0])
+    torch.manual_seed(0)
+    x = distribute_tensor(torch.randn(6, D, dtype=torch.float64), mesh, [Shard(0)])
+    w = distribute_tensor(torch.randn(D, dtype=torch.float64), mesh, [Replicate()])
+    results = []
+    for fn in (ours, theirs):
+        x_, w_ = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = fn(x_, w_)
+        y.sum().backward()
+        results.append((y, x_.grad, w_.grad))
+    for got, expected in zip(*results):
+        assert got.placements == expected.placements
+        torch.testing.assert_close(got.full_tensor(), expected.full_tensor())
+
+
+def test_compile_keeps_our_ops_with_dtensor_imported(one_process_group):
+    """With torch.distributed.tensor imported, the DTensor check traces away: plain tensors
+    still compile to our ops, in one graph."""
+    import torch.distributed.tensor  # noqa: F401
+
+    torch._dynamo.reset()
+    x, w = torch.randn(4, D), torch.randn(D)
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(lambda x, w: fused_norm.gelu(fused_norm.rms_norm(x, (D,), w)),
+                             backend=backend, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), fused_norm.gelu(fused_norm.rms_norm(x, (D,), w)))
+    assert len(graphs) == 1
+    assert "fused_norm.rms_norm_fwd" in graphs[0].code
+    assert "fused_norm.activation_fwd" in graphs[0].code
