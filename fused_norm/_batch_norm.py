@@ -17,7 +17,7 @@ from ._ops import defer_to_torch, ops
 def batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                residual=None, relu=False):
     """act(bn(input) + residual), act ReLU or none; running statistics updated in training.
-    Under a torch.func transform or forward-mode AD, and for nested or sparse input
+    Under a torch.func transform or forward-mode AD, and for input our kernels do not take
     (_ops.defer_to_torch), torch's batch_norm, add and relu."""
     if defer_to_torch(input):
         y = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,

@@ -152,7 +152,7 @@ def under_function_transform():
 
 
 class TorchScriptUnsupported:
-    """Base of every fused_norm module: torch.jit.script (deprecated since torch 2.5) refuses it
+    """Base of every fused_norm module: torch.jit.script (which torch deprecates) refuses it
     up front with a clear error, instead of failing deep inside its compiler on the Python of our
     functions. torch.jit.trace and torch.export record our ops and torch.compile runs them; a
     model converted by fused_norm.convert scripts again after fused_norm.revert. (The hook may

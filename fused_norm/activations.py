@@ -33,8 +33,8 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 def _ours(input):
     """Whether our kernels take the call; else torch's own function does: for dtypes they do not
-    have, for nested and sparse input, and under a torch.func transform or forward-mode AD
-    (_ops.defer_to_torch)."""
+    have, for other input they do not take (nested, sparse, quantized, DTensor), and under a
+    torch.func transform or forward-mode AD (_ops.defer_to_torch)."""
     return input.dtype in _KERNEL_DTYPES and not _ops.defer_to_torch(input)
 
 

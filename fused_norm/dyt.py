@@ -24,8 +24,8 @@ __all__ = ["DyT", "dyt"]
 def dyt(input, alpha, weight=None, bias=None):
     """weight * tanh(alpha * input) + bias. alpha: a one-element tensor; weight, bias: the shape
     of input's trailing dims (or None: 1 and 0). Under a torch.func transform or forward-mode
-    AD, and for nested or sparse input (_ops.defer_to_torch), the plain torch composition in
-    opmath."""
+    AD, and for input our kernels do not take (_ops.defer_to_torch), the plain torch
+    composition in opmath."""
     if _ops.defer_to_torch(input):
         acc = stats_dtype(input.dtype)
         y = dyt_ref(input.to(acc), alpha.to(acc), *(None if t is None else t.to(acc)

@@ -10,9 +10,9 @@ from . import _batch_norm, _ops
 from ._arguments import torch_int, torch_shape
 from .reference import add_norm_ref, group_norm_ref, stats_dtype
 
-# Under a torch.func transform or forward-mode AD, and for nested or sparse input
-# (_ops.defer_to_torch), each function below runs torch's own function, or for a fused op its
-# plain-torch composition (reference.py).
+# Under a torch.func transform or forward-mode AD, and for input our kernels do not take
+# (nested, sparse, quantized, DTensor: _ops.defer_to_torch), each function below runs torch's
+# own function, or for a fused op its plain-torch composition (reference.py).
 
 __all__ = [
     "add_layer_norm", "add_rms_norm", "batch_norm", "batch_norm_add_relu", "batch_norm_relu",
