@@ -136,8 +136,17 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
     def forward(self, input, residual=None):
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
+        # As torch's: only training mode synchronizes; eval without running statistics
+        # normalizes with each process's own batch statistics.
+        group = self._sync_group() if self.training else None
+        if group is not None and _ops.defer_to_torch(input):
+            # torch's SyncBatchNorm has no path for these either (its statistics ops take
+            # dense CUDA tensors), so there is no torch answer to hand the call to.
+            raise NotImplementedError(
+                "fused_norm.SyncBatchNorm synchronizes statistics across processes for dense "
+                "strided tensors only: not for nested, sparse, quantized or DTensor input, nor "
+                "under torch.func transforms or forward-mode AD")
         running_mean, running_var, training, momentum = self._batch_norm_args()
-        group = self._sync_group() if training else None
         if group is None:
             return _batch_norm.batch_norm(input, running_mean, running_var, self.weight,
                                           self.bias, training, momentum, self.eps,

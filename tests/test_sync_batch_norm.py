@@ -80,6 +80,20 @@ def _worker(rank, world, init_file, sizes, spatial, layout, fused, result_file):
         sync.eval()
         reference.eval()
         torch.testing.assert_close(sync(x[local]), reference(x)[local])
+
+        # As torch's, eval mode does not synchronize: without running statistics each process
+        # normalizes with its own batch's.
+        unsynced = fused_norm.SyncBatchNorm(C, track_running_stats=False).eval()
+        local_only = fused_norm.BatchNorm2d(C, track_running_stats=False).eval()
+        torch.testing.assert_close(unsynced(x[local]), local_only(x[local]))
+
+        # Input torch's own SyncBatchNorm cannot synchronize either gets a clear error, and
+        # leaves the step count as it was.
+        sync.train()
+        tracked = int(sync.num_batches_tracked)
+        with pytest.raises(NotImplementedError, match="dense strided tensors only"):
+            sync(x[local].to_sparse())
+        assert int(sync.num_batches_tracked) == tracked
         with open(f"{result_file}.{rank}", "w") as f:
             f.write("ok")
     finally:
