@@ -137,6 +137,22 @@ def test_inf_and_nan_like_torch(device, name, dtype):
     assert ours(x, 1)[0].isnan().all()  # a row of all -inf is NaN
 
 
+@pytest.mark.parametrize("name", FUNCS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_logits_keep_their_precision(device, name, dtype):
+    """log_softmax is (x - max) - log(sum), in that order, as torch's: x - (max + log(sum))
+    rounds to the precision of max, which for logits of 1e4 in float32 is 1e-3 off."""
+    big = 3e38 if dtype == torch.float64 else (6e4 if dtype == torch.float16 else 1e7)
+    rows = torch.tensor([[big, big - 1, big - 2, big, big - 0.5]], dtype=torch.float64)
+    rows = torch.cat([rows, rows * 1e-3, torch.full((1, 5), 1e4, dtype=torch.float64)])
+    ours, theirs = FUNCS[name]
+    for width in (5, 45):  # a short row and a row with a vector part
+        x = rows.repeat(1, width // 5).to(device, dtype)
+        for dim in (1, 0):
+            t = x if dim == 1 else x.t().contiguous()
+            assert_close(ours(t, dim), reference(theirs, t, dim), dtype, "fwd", msg=f"dim={dim}")
+
+
 def test_dtype_argument(device):
     x = torch.randn(4, 33, device=device, dtype=torch.float16)
     for name, (ours, theirs) in FUNCS.items():

@@ -145,16 +145,19 @@ void softmax_lastdim_fwd(const SoftmaxFwdParams& p) {
             return ev;
           });
       if (log) {
-        // Scalar math: y = x - (max + log(sum))
-        const acc_t shift = max + std::log(sum);
-        const AccVec shift_vec(shift);
+        // Scalar math: y = (x - max) - log(sum), in that order, as torch's: x - (max + log(sum))
+        // rounds max + log(sum) to the precision of max, an error of an ulp of a large max.
+        const acc_t log_sum = std::log(sum);
+        const AccVec log_sum_vec(log_sum);
         for (int64_t i = 0; i < N_vec; i += C::kSize) {
           AccVec v[C::kParts];
           C::load(xr + i, v);
-          for (int k = 0; k < C::kParts; ++k) v[k] = v[k] - shift_vec;
+          for (int k = 0; k < C::kParts; ++k) v[k] = (v[k] - max_vec) - log_sum_vec;
           C::store(yr + i, v);
         }
-        for (int64_t i = N_vec; i < N; ++i) yr[i] = static_cast<T>(static_cast<acc_t>(xr[i]) - shift);
+        for (int64_t i = N_vec; i < N; ++i) {
+          yr[i] = static_cast<T>((static_cast<acc_t>(xr[i]) - max) - log_sum);
+        }
       } else {
         // Scalar math: y = e / sum
         const acc_t scale = acc_t(1) / sum;
@@ -363,16 +366,16 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
   const int64_t width = strided_piece_width<T>(p.A, B, p.parallelism);
   const bool keep_exps =
       !log && C * (width + Ch::kSize) * static_cast<int64_t>(sizeof(acc_t)) <= kExpCacheBytes;
-  // Scratch rows: the max, then the shift (max for softmax, max + log(sum) for log_softmax); the
-  // sum, then 1 / sum; a block's sums; with keep_exps, C rows of exp(x - max).
+  // Scratch rows: the max; the sum, then 1 / sum (softmax) or log(sum) (log_softmax); a block's
+  // sums; with keep_exps, C rows of exp(x - max).
   for_each_strided_piece<T>(p.A, C, B, width, 3 + (keep_exps ? C : 0),
                             [=](int64_t offset, int64_t w, acc_t* scratch, int64_t row) {
-    acc_t* const shift = scratch;
+    acc_t* const max = scratch;
     acc_t* const sum = scratch + row;
     acc_t* const exps = scratch + 3 * row;  // with keep_exps only
     const T* const x = x_all + offset;
     T* const y = y_all + offset;
-    fill_chunks<T>(shift, w, -std::numeric_limits<acc_t>::infinity());
+    fill_chunks<T>(max, w, -std::numeric_limits<acc_t>::infinity());
     for (int64_t c = 0; c < C; ++c) {
       const T* const xc = x + c * B;
       for_each_chunk<Ch>(w, [=](int64_t j, auto count) {
@@ -380,7 +383,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
         AccVec v[kParts];
         Ch::load(xc + j, v, count);
         for (int k = 0; k < kParts; ++k) {
-          acc_t* const m = shift + j + k * kW;
+          acc_t* const m = max + j + k * kW;
           max_ignoring_nan(AccVec::loadu(m), v[k]).store(m);
         }
       });
@@ -393,7 +396,7 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
         AccVec v[kParts];
         Ch::load(xc + j, v, count);
         for (int k = 0; k < kParts; ++k) {
-          const AccVec e = fast_exp(v[k] - AccVec::loadu(shift + j + k * kW));
+          const AccVec e = fast_exp(v[k] - AccVec::loadu(max + j + k * kW));
           if (keep_exps) e.store(ec + j + k * kW);
           acc_t* const t = target + j + k * kW;
           (AccVec::loadu(t) + e).store(t);
@@ -402,11 +405,10 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
     });
     for (int64_t j = 0; j < w; j += kW) {
       const AccVec s = AccVec::loadu(sum + j);
-      if (log) (AccVec::loadu(shift + j) + s.log()).store(shift + j);
-      (AccVec(1) / s).store(sum + j);
+      (log ? s.log() : AccVec(1) / s).store(sum + j);
     }
-    // Scalar math: log_softmax y = x - (max + log(sum)); softmax y = exp(x - max) / sum, the
-    // exponentials kept or recomputed.
+    // Scalar math: log_softmax y = (x - max) - log(sum) (in this order, as the last-dim rows);
+    // softmax y = exp(x - max) / sum, the exponentials kept or recomputed.
     for (int64_t c = 0; c < C; ++c) {
       const T* const xc = x + c * B;
       const acc_t* const ec = keep_exps ? exps + c * row : nullptr;
@@ -420,8 +422,9 @@ void softmax_strided_fwd(const SoftmaxFwdParams& p) {
         } else {
           Ch::load(xc + j, v, count);
           for (int k = 0; k < kParts; ++k) {
-            const AccVec d = v[k] - AccVec::loadu(shift + j + k * kW);
-            v[k] = log ? d : fast_exp(d) * AccVec::loadu(sum + j + k * kW);
+            const AccVec d = v[k] - AccVec::loadu(max + j + k * kW);
+            const AccVec s = AccVec::loadu(sum + j + k * kW);
+            v[k] = log ? d - s : fast_exp(d) * s;
           }
         }
         Ch::store(yc + j, v, count);

@@ -58,13 +58,35 @@ inline int vec_width16(DType x) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The most blocks a grid's x dimension holds.
+constexpr int64_t kMaxGridBlocks = 2147483647;
+
+namespace {  // each translation unit its own probe, compiled with the same flags
+
+// A kernel that does nothing: what cudaFuncGetAttributes says of it is what this build holds
+// for the current device.
+__global__ void arch_probe_kernel() {}
+
+// Whether kernels may be launched in thread-block clusters: the device is sm_90 or later and
+// the code it runs was compiled for sm_90 or later. (A build of sm_80 code with PTX, JIT-compiled
+// for an H100, has the cluster primitives of reduce.cuh compiled to a cluster of one block, and
+// the kernels would slice their rows for a cluster that is not there.)
+inline bool device_has_clusters() {
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, arch_probe_kernel) != cudaSuccess) return false;
+  return attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+}
+
+}  // namespace
+
 // Launches `kernel` on `blocks` blocks of `threads` threads, grouped in thread-block clusters of
-// `cluster` blocks when cluster > 1 (sm_90: the caller checked the device has them). 0 blocks
-// launch nothing.
+// `cluster` blocks when cluster > 1 (the caller checked device_has_clusters). 0 blocks launch
+// nothing; more than a grid holds is an error, not a grid cut short.
 template <typename... KArgs, typename... Args>
 cudaError_t launch_blocks(void (*kernel)(KArgs...), int64_t blocks, int threads, int cluster,
                           cudaStream_t stream, Args... args) {
   if (blocks == 0) return cudaSuccess;
+  if (blocks < 0 || blocks > kMaxGridBlocks) return cudaErrorInvalidConfiguration;
   if (cluster > 1) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned>(blocks));

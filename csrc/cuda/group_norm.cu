@@ -723,15 +723,6 @@ cudaError_t dispatch_activation(Activation act, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-// Thread-block clusters need sm_90.
-bool device_has_clusters() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  return major >= 9;
-}
-
 bool valid_shape(int64_t N, int64_t C, int64_t HW, int64_t G) {
   return N > 0 && C > 0 && HW > 0 && G > 0 && C % G == 0;
 }

@@ -717,15 +717,6 @@ cudaError_t dispatch_rms(bool rms, F&& f) {
   return rms ? f(std::true_type{}) : f(std::false_type{});
 }
 
-// Thread-block clusters need sm_90.
-bool device_has_clusters() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  return major >= 9;
-}
-
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), const RowLaunch& L, cudaStream_t stream, Args... args) {
   return launch_blocks(kernel, L.blocks, L.threads, L.cluster, stream, args...);

@@ -4,10 +4,11 @@
 // - Rows in registers (B == 1, N = C up to kMaxElems * 1024 elements): one warp per row for
 //   short rows, one block per row otherwise; each thread holds its slice of the row (x, or y and
 //   dy) in registers, so the row is read once and written once. Exact two-pass statistics: the
-//   max, then the sum of exp(x - max).
-// - Streamed rows (B == 1, longer rows, or rows that 16-byte vectors cannot read): one block per
-//   row, a running (max, sum) per thread in the first pass, then a second pass that re-reads the
-//   row (from L2 when the rows in flight fit there) to write.
+//   max, then the sum of exp(x - max). Rows that 16-byte vectors cannot read are read one
+//   element at a time.
+// - Streamed rows (B == 1, longer rows): one block per row, a running (max, sum) per thread in
+//   the first pass, then a second pass that re-reads the row (from L2 when the rows in flight
+//   fit there) to write.
 // - Strided slices (B > 1): one thread per (a, b), walking c with stride B; consecutive threads
 //   take consecutive b, so every step of a warp reads contiguous memory. No transpose.
 //
@@ -125,8 +126,9 @@ __global__ void __launch_bounds__(1024)
     }
   }
   sum = group.sum(sum, 0);
-  // Scalar math: log_softmax y = x - (max + log(sum)); softmax y = e / sum
-  const Acc shift = max + log_op(sum);
+  // Scalar math: log_softmax y = (x - max) - log(sum), in this order as torch's (x - (max +
+  // log(sum)) would round to the precision of a large max); softmax y = e / sum
+  const Acc log_sum = log_op(sum);
   const Acc scale = Acc(1) / sum;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -135,7 +137,7 @@ __global__ void __launch_bounds__(1024)
       vec_t<T, kVec> out;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        out[j] = from_opmath<T>(log ? v[i][j] - shift : v[i][j] * scale);
+        out[j] = from_opmath<T>(log ? (v[i][j] - max) - log_sum : v[i][j] * scale);
       }
       out.store(yr + e);
     }
@@ -192,7 +194,9 @@ __global__ void __launch_bounds__(1024)
 // ---- running (max, sum) ------------------------------------------------------------------------
 // sum is of exp(x - max) over the elements seen. A -inf element adds nothing (exp(-inf - max)
 // is 0 for any max above -inf, and a slice whose max stays -inf is NaN whatever the sum); +inf
-// and NaN elements make the sum NaN, as the two-pass form does.
+// and NaN elements make the sum NaN, as the two-pass form does. A NaN never becomes the max, so
+// a state whose max is still -inf holds a sum of 0 (no terms) or NaN (NaN terms): rescaling
+// passes that sum on as it is, or a NaN seen by one thread alone would be lost.
 template <typename Acc>
 struct RunningSoftmax {
   Acc max = neg_inf<Acc>();
@@ -206,12 +210,15 @@ struct RunningSoftmax {
     if (v != neg_inf<Acc>()) sum += exp_op(v - max);
   }
 
-  // Adds another state: both sums rescaled to the larger max (a state still at -inf holds no
-  // terms).
+  // This state's sum rescaled to a max at least its own.
+  __device__ __forceinline__ Acc sum_at(Acc new_max) const {
+    return max == neg_inf<Acc>() ? sum : sum * exp_op(max - new_max);
+  }
+
+  // Adds another state: both sums rescaled to the larger max.
   __device__ __forceinline__ void merge(const RunningSoftmax& o) {
     const Acc merged = fmax(max, o.max);
-    sum = (max == neg_inf<Acc>() ? Acc(0) : sum * exp_op(max - merged)) +
-          (o.max == neg_inf<Acc>() ? Acc(0) : o.sum * exp_op(o.max - merged));
+    sum = sum_at(merged) + o.sum_at(merged);
     max = merged;
   }
 };
@@ -227,10 +234,10 @@ template <typename T, int kVec>
 __global__ void __launch_bounds__(kStreamThreads)
     softmax_fwd_stream(const T* __restrict__ x,  // [M, N]
                        T* __restrict__ y,        // [M, N]
-                       int64_t N, bool log) {
+                       int64_t row0, int64_t N, bool log) {
   using Acc = opmath_t<T>;
   __shared__ RowGroup<false, Acc> group;
-  const int64_t offset = static_cast<int64_t>(blockIdx.x) * N;
+  const int64_t offset = (row0 + blockIdx.x) * N;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * kVec;
   RunningSoftmax<Acc> running;
   for (int64_t e = static_cast<int64_t>(threadIdx.x) * kVec; e < N; e += stride) {
@@ -241,10 +248,8 @@ __global__ void __launch_bounds__(kStreamThreads)
   }
   // Merge the threads' states: rescale each sum to the row's max, then add.
   const Acc max = group.max(running.max);
-  const Acc rescaled =
-      running.max == neg_inf<Acc>() ? Acc(0) : running.sum * exp_op(running.max - max);
-  const Acc sum = group.sum(rescaled, 0);
-  const Acc shift = max + log_op(sum);
+  const Acc sum = group.sum(running.sum_at(max), 0);
+  const Acc log_sum = log_op(sum);
   const Acc scale = Acc(1) / sum;
   for (int64_t e = static_cast<int64_t>(threadIdx.x) * kVec; e < N; e += stride) {
     vec_t<T, kVec> in, out;
@@ -252,7 +257,7 @@ __global__ void __launch_bounds__(kStreamThreads)
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const Acc v = to_opmath(in[j]);
-      out[j] = from_opmath<T>(log ? v - shift : exp_op(v - max) * scale);
+      out[j] = from_opmath<T>(log ? (v - max) - log_sum : exp_op(v - max) * scale);
     }
     out.store(y + offset + e);
   }
@@ -263,10 +268,10 @@ __global__ void __launch_bounds__(kStreamThreads)
     softmax_bwd_stream(const T* __restrict__ dy,  // [M, N]
                        const T* __restrict__ y,   // [M, N]
                        T* __restrict__ dx,        // [M, N]
-                       int64_t N, bool log) {
+                       int64_t row0, int64_t N, bool log) {
   using Acc = opmath_t<T>;
   __shared__ RowGroup<false, Acc> group;
-  const int64_t offset = static_cast<int64_t>(blockIdx.x) * N;
+  const int64_t offset = (row0 + blockIdx.x) * N;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * kVec;
   Acc s = Acc(0);
   for (int64_t e = static_cast<int64_t>(threadIdx.x) * kVec; e < N; e += stride) {
@@ -310,11 +315,12 @@ __global__ void __launch_bounds__(kStridedThreads)
     for (int64_t c = c_begin; c < c_end; ++c) part.add(to_opmath(x[offset + c * B]));
     running.merge(part);
   }
-  const Acc shift = running.max + log_op(running.sum);
+  const Acc log_sum = log_op(running.sum);
   const Acc scale = Acc(1) / running.sum;
   for (int64_t c = 0; c < C; ++c) {
     const Acc v = to_opmath(x[offset + c * B]);
-    y[offset + c * B] = from_opmath<T>(log ? v - shift : exp_op(v - running.max) * scale);
+    y[offset + c * B] =
+        from_opmath<T>(log ? (v - running.max) - log_sum : exp_op(v - running.max) * scale);
   }
 }
 
@@ -363,22 +369,26 @@ Plan softmax_plan(int64_t C, int64_t B, bool aligned) {
   constexpr int kMaxItems = kMaxElems<Acc> / kVec;
   if (B > 1) return {Path::kStrided, false, 0, kStridedThreads};
   // Rows start 16-byte aligned only when N is a whole number of vectors; other rows (and
-  // misaligned views) take the streamed path one element at a time.
-  if (!aligned || C % kVec != 0) return {Path::kStream, false, 0, kStreamThreads};
-  const int64_t vectors = C / kVec;
-  // A warp holds rows up to 32 * kMaxItems vectors; the fewest items that cover the row keep
+  // misaligned views) are read one element at a time: a "vector" of one, with as many items
+  // per thread as the registers hold (the rows of an attention over 197 tokens, or of 10
+  // logits, stay in registers).
+  const bool vectorized = aligned && C % kVec == 0;
+  const int width = vectorized ? kVec : 1;
+  const int max_items = kMaxElems<Acc> / width;
+  const int64_t vectors = C / width;
+  // A warp holds rows up to 32 * max_items vectors; the fewest items that cover the row keep
   // the registers (and the masked-off work) low.
-  if (vectors <= kWarpSize * kMaxItems) {
+  if (vectors <= kWarpSize * max_items) {
     int items = 1;
     while (items * kWarpSize < vectors) items *= 2;
-    return {Path::kWarpRegs, true, items, kRowsPerWarpBlock * kWarpSize};
+    return {Path::kWarpRegs, vectorized, items, kRowsPerWarpBlock * kWarpSize};
   }
-  // A block of up to 1024 threads with kMaxItems vectors each; just enough whole warps.
-  if (vectors <= 1024 * kMaxItems) {
-    const int64_t threads = ceil_div(ceil_div(vectors, kMaxItems), kWarpSize) * kWarpSize;
-    return {Path::kBlockRegs, true, kMaxItems, static_cast<int>(threads)};
+  // A block of up to 1024 threads with max_items vectors each; just enough whole warps.
+  if (vectors <= 1024 * max_items) {
+    const int64_t threads = ceil_div(ceil_div(vectors, max_items), kWarpSize) * kWarpSize;
+    return {Path::kBlockRegs, vectorized, max_items, static_cast<int>(threads)};
   }
-  return {Path::kStream, true, 0, kStreamThreads};
+  return {Path::kStream, vectorized, 0, kStreamThreads};
 }
 
 // Calls f(std::integral_constant<int, kItems>) for the plan's item count (powers of two up to
@@ -391,6 +401,7 @@ cudaError_t dispatch_items(int items, F&& f) {
     case 4: if constexpr (kMaxItems >= 4) return f(std::integral_constant<int, 4>()); break;
     case 8: if constexpr (kMaxItems >= 8) return f(std::integral_constant<int, 8>()); break;
     case 16: if constexpr (kMaxItems >= 16) return f(std::integral_constant<int, 16>()); break;
+    case 32: if constexpr (kMaxItems >= 32) return f(std::integral_constant<int, 32>()); break;
   }
   return cudaErrorInvalidValue;
 }
@@ -402,9 +413,8 @@ cudaError_t dispatch_softmax_dtype(DType dtype, F&& f) {
 
 // Launches the plan's kernels. `regs<kVec, kItems, kWarp>()`, `stream<kVec>()` and `strided()`
 // give the kernel pointers; `args` are the array arguments shared by all of them.
-template <typename T, typename Launch>
-cudaError_t run_plan(const Plan& plan, int64_t A, cudaStream_t stream, Launch&& launch) {
-  constexpr int kVec = kVecWidth16<T>;
+template <typename T, int kVec, typename Launch>
+cudaError_t run_plan_of_width(const Plan& plan, int64_t A, cudaStream_t stream, Launch& launch) {
   constexpr int kMaxItems = kMaxElems<opmath_t<T>> / kVec;
   switch (plan.path) {
     case Path::kWarpRegs:
@@ -415,12 +425,24 @@ cudaError_t run_plan(const Plan& plan, int64_t A, cudaStream_t stream, Launch&& 
     case Path::kBlockRegs:
       return launch.template regs<kVec, kMaxItems, false>(A, plan.threads, stream);
     case Path::kStream:
-      return plan.vectorized ? launch.template stream<kVec>(A, plan.threads, stream)
-                             : launch.template stream<1>(A, plan.threads, stream);
+      // One block per row, and a grid holds at most 2^31 - 1 blocks: many short rows (which
+      // a misaligned view sends here) take several launches.
+      for (int64_t row0 = 0; row0 < A; row0 += kMaxGridBlocks) {
+        const int64_t rows = A - row0 < kMaxGridBlocks ? A - row0 : kMaxGridBlocks;
+        const cudaError_t e = launch.template stream<kVec>(row0, rows, plan.threads, stream);
+        if (e != cudaSuccess) return e;
+      }
+      return cudaSuccess;
     case Path::kStrided:
       return launch.strided(plan.threads, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+template <typename T, typename Launch>
+cudaError_t run_plan(const Plan& plan, int64_t A, cudaStream_t stream, Launch&& launch) {
+  return plan.vectorized ? run_plan_of_width<T, kVecWidth16<T>>(plan, A, stream, launch)
+                         : run_plan_of_width<T, 1>(plan, A, stream, launch);
 }
 
 template <typename T>
@@ -434,8 +456,8 @@ struct FwdLaunch {
                          y(), p.A, p.C, p.log);
   }
   template <int kVec>
-  cudaError_t stream(int64_t blocks, int threads, cudaStream_t s) const {
-    return launch_blocks(softmax_fwd_stream<T, kVec>, blocks, threads, 1, s, x(), y(), p.C,
+  cudaError_t stream(int64_t row0, int64_t rows, int threads, cudaStream_t s) const {
+    return launch_blocks(softmax_fwd_stream<T, kVec>, rows, threads, 1, s, x(), y(), row0, p.C,
                          p.log);
   }
   cudaError_t strided(int threads, cudaStream_t s) const {
@@ -456,9 +478,9 @@ struct BwdLaunch {
                          y(), dx(), p.A, p.C, p.log);
   }
   template <int kVec>
-  cudaError_t stream(int64_t blocks, int threads, cudaStream_t s) const {
-    return launch_blocks(softmax_bwd_stream<T, kVec>, blocks, threads, 1, s, dy(), y(), dx(),
-                         p.C, p.log);
+  cudaError_t stream(int64_t row0, int64_t rows, int threads, cudaStream_t s) const {
+    return launch_blocks(softmax_bwd_stream<T, kVec>, rows, threads, 1, s, dy(), y(), dx(),
+                         row0, p.C, p.log);
   }
   cudaError_t strided(int threads, cudaStream_t s) const {
     return launch_blocks(softmax_bwd_strided<T>, ceil_div(p.A * p.B, threads), threads, 1, s,
