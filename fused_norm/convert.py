@@ -11,20 +11,22 @@ or held in a plain attribute) sees the change. Each converted module records how
 Fusion of a norm with the activation after it happens only where the order is visible without
 running the model: adjacent children of a ``torch.nn.Sequential`` whose forward is Sequential's
 own. The activation's slot then holds a `FusedActivation` (an Identity keeping the original for
-`revert`). A module used in more than one place is never fused: torchvision's ResNet calls one
-``self.relu`` after a BatchNorm and after the residual add, so it stays.
+`revert`), and the norm's own output is the activated one. A module used in more than one place
+is never fused: torchvision's ResNet calls one ``self.relu`` after a BatchNorm and after the
+residual add, so it stays.
 
 Norm classes of other libraries (HuggingFace's LlamaRMSNorm, T5LayerNorm and Gemma's RMSNorm,
 apex-style FusedLayerNorm / FusedRMSNorm, ...) are recognised by structure: a leaf module
-with a 1-D weight Parameter, an `eps` or `variance_epsilon` number and no buffers. The
-candidate is then run on a probe input, with its own weights and with random ones, and
-compared with RMSNorm, LayerNorm and their zero-centered forms ((1 + weight), as Gemma); it is
-converted only when one of them matches, else reported as skipped.
+with a 1-D weight Parameter, an `eps` or `variance_epsilon` number, no buffers and a forward of
+the input alone. The candidate is then run on a probe input, with its own weights and with
+random ones, and compared with RMSNorm, LayerNorm and their zero-centered forms ((1 + weight),
+as Gemma); it is converted only when one of them matches, else reported as skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 
 import torch
@@ -111,13 +113,18 @@ class ConversionReport:
 
 
 class FusedActivation(nn.Identity):
-    """Stands where an activation was fused into the norm before it; `revert` puts the original
-    back. The original is not a submodule (it has no state), so state_dict is unchanged."""
+    """Stands where an activation was fused into the norm before it (`norm`, named `into` by
+    `convert`); `revert` puts the original back. Neither is a submodule (the original has no
+    state, the norm is the parent's already), so state_dict is unchanged; the norm is held by
+    identity, which deepcopy and pickling keep within the copy, unlike a name, which depends on
+    the module it is taken from."""
 
-    def __init__(self, original, into):
+    def __init__(self, original, norm, into):
         super().__init__()
         object.__setattr__(self, "original", original)
+        object.__setattr__(self, "norm", norm)
         self.into = into
+        self.train(original.training)
 
     def extra_repr(self):
         return f"{type(self.original).__name__} fused into {self.into!r}"
@@ -129,7 +136,11 @@ def convert(model, *, norms=True, activations=True, softmax=True, fuse=True, exc
     GroupNorm -> ReLU/SiLU/GELU/Mish pairs of a Sequential into one module. `exclude`: module
     names (a name excludes that module and everything under it) and module classes to leave
     alone. Modules that are fused_norm's already are left as they are, so converting twice
-    changes nothing. Returns a `ConversionReport` of what changed and what was skipped."""
+    changes nothing. Returns a `ConversionReport` of what changed and what was skipped.
+
+    A fused norm returns the activated values itself: called alone (``model[:2](x)`` of a
+    Conv-BatchNorm-ReLU Sequential), or seen by a forward hook added later, it gives act(norm(x))
+    where torch's gave norm(x). `fuse=False` keeps every norm's output as torch's."""
     report = ConversionReport()
     excluded = _exclusion(exclude)
     table = {**(_NORMS if norms else {}), **(_ACTIVATIONS if activations else {}),
@@ -151,11 +162,17 @@ def convert(model, *, norms=True, activations=True, softmax=True, fuse=True, exc
 def revert(model):
     """Undo `convert` on `model`, in place: every module it changed gets its original class
     (torch's, or the library's) and state back, and fused activations return to their slots.
-    Parameters and buffers are kept as they are now. Returns a `ConversionReport`."""
+    Parameters and buffers are kept as they are now. Returns a `ConversionReport`.
+
+    `model` may be a part of the converted model, but one holding each fused pair whole: a norm
+    whose activation's slot lies outside it raises ValueError, before anything changes."""
+    _check_fused_pairs_whole(model)
     report = ConversionReport()
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, FusedActivation):
+                # The slot's mode, which train() and eval() kept current since the fusion.
+                child.original.train(child.training)
                 setattr(parent, child_name, child.original)
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
                 report.changed.append(Change(name, FusedActivation, type(child.original)))
@@ -170,6 +187,23 @@ def revert(model):
         module.__dict__.update(undo["replaced"])
         report.changed.append(Change(name, new, undo["class"]))
     return report
+
+
+def _check_fused_pairs_whole(model):
+    # Reverting the norm alone would give it back its unfused state, and the activation would
+    # be lost: its slot, outside `model`, stays an Identity.
+    slotted = {id(module.norm) for module in model.modules()
+               if isinstance(module, FusedActivation)}
+    for name, module in model.named_modules():
+        undo = module.__dict__.get("_fused_norm_undo")
+        if undo is not None and undo.get("fused") is not None and id(module) not in slotted:
+            which = f"module {name!r}" if name else "the module"
+            raise ValueError(
+                f"revert: {which} ({_class_name(type(module))}) has the {undo['fused']} after "
+                "it fused into it, but that activation's slot (a FusedActivation) is outside "
+                "the module being reverted, and reverting the norm alone would lose the "
+                "activation; revert the module that holds both (their parent, or the whole "
+                "model)")
 
 
 def _exclusion(exclude):
@@ -193,7 +227,7 @@ def _swap_class(module, new_class, attrs):
     undo = module.__dict__.get("_fused_norm_undo")
     if undo is None:
         # Plain data (no sentinel object), so that it survives deepcopy and pickling.
-        undo = {"class": type(module), "added": [], "replaced": {}}
+        undo = {"class": type(module), "added": [], "replaced": {}, "fused": None}
     for attr, value in attrs.items():
         if attr in module.__dict__:
             if attr not in undo["added"]:
@@ -305,7 +339,26 @@ def _probe(module, weight, bias, eps):
     return "computes none of RMSNorm, LayerNorm or their (1 + weight) forms"
 
 
+def _forward_mismatch(cls):
+    """Why `cls.forward` does not take the input alone (self and one positional parameter, no
+    other, not even a defaulted one or *args / **kwargs), or None when it does. The probe passes
+    the input alone and our forward takes nothing else: converted, a norm whose callers may pass
+    more (a gate, a scale) would refuse it."""
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())
+    except (TypeError, ValueError):  # a compiled forward may carry no signature
+        return "forward's signature cannot be read"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) == 2 and all(param.kind in positional for param in params):
+        return None
+    return "forward takes more than the input"
+
+
 def _convert_library_norm(name, module, report):
+    mismatch = _forward_mismatch(type(module))
+    if mismatch is not None:
+        report.skipped.append(Change(name, type(module), type(module), note=mismatch))
+        return
     attr, eps = _eps_of(module)
     weight = module._parameters["weight"]
     bias = module._parameters.get("bias", module.__dict__.get("bias"))
@@ -379,6 +432,8 @@ def _fuse_sequentials(model, excluded, report):
                     or _has_hooks(norm) or _has_hooks(act)):
                 continue
             _swap_class(norm, type(norm), state)
-            parent._modules[second] = FusedActivation(act, qualified[0])
+            # Plain data, so that revert knows the norm is half of a pair even in a copy.
+            norm.__dict__["_fused_norm_undo"]["fused"] = type(act).__name__
+            parent._modules[second] = FusedActivation(act, norm, qualified[0])
             report.changed.append(Change(qualified[0], type(norm), type(norm),
                                          fused=qualified[1]))

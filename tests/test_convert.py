@@ -486,6 +486,83 @@ def test_no_fusion_where_unsafe():
     assert fused_norm.convert(pair, exclude=[nn.ReLU]).fused == []
 
 
+def test_fused_activation_takes_the_activation_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    fused_norm.convert(model)
+    assert isinstance(model[2], FusedActivation)
+    assert [m.training for m in model.modules()] == [False] * 4
+    # The mode the slot has when reverted goes back with the activation, not the one at convert.
+    model.train()
+    fused_norm.revert(model)
+    assert type(model[2]) is nn.ReLU and all(m.training for m in model.modules())
+
+
+def test_fused_norm_output_is_the_activated_one():
+    """By design: after fusion the norm itself returns act(norm(x)); fuse=False keeps it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+    x = torch.randn(2, 3, 4, 4)
+    expected = model[:2](x)
+    fused_norm.convert(model)
+    torch.testing.assert_close(model[:2](x), expected.relu())
+    unfused = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+    expected = unfused[:2](x)
+    assert fused_norm.convert(unfused, fuse=False).fused == []
+    torch.testing.assert_close(unfused[:2](x), expected)
+
+
+def _blocks_net():
+    """Conv-norm-activation blocks, each a Sequential of its own, and a LayerNorm on its own."""
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
+                         nn.Sequential(nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.SiLU()),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+                         nn.LayerNorm(10))
+
+
+def _conversion_state(model):
+    return [(type(m), m.__dict__.get("relu"), m.__dict__.get("activation"),
+             copy.deepcopy(m.__dict__.get("_fused_norm_undo"))) for m in model.modules()]
+
+
+def test_revert_of_a_part_keeps_fused_pairs_whole():
+    model = _blocks_net()
+    reference = copy.deepcopy(model)
+    fused_norm.convert(model)
+    state = _conversion_state(model)
+    # A norm without the slot of the activation fused into it would lose that activation.
+    for part in (model[0][1], model[1][1], model[1][:2]):
+        with pytest.raises(ValueError, match="revert the module that holds both"):
+            fused_norm.revert(part)
+        assert _conversion_state(model) == state
+    # Parts holding each fused pair whole, or none, revert.
+    assert len(fused_norm.revert(model[5])) == 1
+    assert len(fused_norm.revert(model[0])) == 3  # the slot, the BatchNorm, the ReLU
+    assert len(fused_norm.revert(model)) == 3
+    assert [type(a) for a in model.modules()] == [type(b) for b in reference.modules()]
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), reference(x))
+
+
+def test_copies_of_a_converted_model_revert_in_parts():
+    """A slot knows its norm by identity, which deepcopy and pickling keep within the copy."""
+    model = _blocks_net()
+    reference = copy.deepcopy(model)
+    fused_norm.convert(model)
+    state = _conversion_state(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    x = torch.randn(2, 3, 8, 8)
+    for m in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert m[0][2].norm is m[0][1] and m[1][2].norm is m[1][1]
+        with pytest.raises(ValueError, match="revert the module that holds both"):
+            fused_norm.revert(m[1][1])
+        assert len(fused_norm.revert(m[0])) == 3
+        assert len(fused_norm.revert(m)) == 1 + 3
+        assert [type(a) for a in m.modules()] == [type(b) for b in reference.modules()]
+        torch.testing.assert_close(m(x), reference(x))
+    assert _conversion_state(model) == state
+
+
 SUPPORTED = [
     (lambda: nn.LayerNorm([3, 5]), (2, 3, 5)), (lambda: nn.RMSNorm(5, eps=None), (4, 5)),
     (lambda: nn.BatchNorm1d(3), (4, 3)), (lambda: nn.BatchNorm2d(3, momentum=None), (2, 3, 4, 4)),
@@ -668,7 +745,7 @@ class NoOnePlusRMSNorm(GemmaStyleRMSNorm):
 
 
 class Scaled(nn.Module):
-    """A 1-D weight and an eps that are not a norm's (and it takes two inputs)."""
+    """A 1-D weight and an eps that are not a norm's, and a forward of two inputs."""
 
     def __init__(self, hidden):
         super().__init__()
@@ -679,17 +756,75 @@ class Scaled(nn.Module):
         return x * self.weight + y
 
 
+class MatrixRMSNorm(WeightAndVarianceEpsilon):
+    """An RMSNorm of 2-D input only (torch.mm), which the probe's 3-D input makes raise."""
+
+    def forward(self, x):
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return torch.mm(h, torch.diag(self.weight))
+
+
 def test_look_alikes_are_left_alone():
-    model = nn.Sequential(L1Norm(16), EpsOutsideSqrtLayerNorm(16), Scaled(16))
+    model = nn.Sequential(L1Norm(16), EpsOutsideSqrtLayerNorm(16), Scaled(16),
+                          MatrixRMSNorm(16))
     types = [type(m) for m in model]
     report = fused_norm.convert(model)
     assert [type(m) for m in model] == types
     assert len(report) == 0
-    assert [skip.name for skip in report.skipped] == ["0", "1", "2"]
+    assert [skip.name for skip in report.skipped] == ["0", "1", "2", "3"]
     assert "computes none of" in report.skipped[0].note
     assert "computes none of" in report.skipped[1].note
-    assert "probe raised TypeError" in report.skipped[2].note
-    assert "3 module(s) skipped" in str(report)
+    assert "forward takes more than the input" in report.skipped[2].note
+    assert "probe raised RuntimeError" in report.skipped[3].note
+    assert "4 module(s) skipped" in str(report)
     # Gemma's attributes without the (1 + weight) is a plain RMSNorm, and converts as one.
     norm = NoOnePlusRMSNorm(16)
     assert [c.new for c in fused_norm.convert(nn.Sequential(norm))] == [fused_norm.RMSNorm]
+
+
+class ScaledLayerNorm(nn.LayerNorm):
+    """A torch LayerNorm whose forward takes an optional scale as well."""
+
+    def forward(self, x, scale=None):
+        y = super().forward(x)
+        return y if scale is None else y * (1 + scale)
+
+
+class MambaStyleRMSNormGated(WeightAndVarianceEpsilon):
+    """HuggingFace Mamba2's MambaRMSNormGated: an RMSNorm of x * silu(gate) when given a gate."""
+
+    def forward(self, hidden_states, gate=None):
+        dtype = hidden_states.dtype
+        h = hidden_states.to(torch.float32)
+        if gate is not None:
+            h = h * nn.functional.silu(gate.to(torch.float32))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(dtype)
+
+
+class ArgsRMSNorm(LlamaStyleRMSNorm):
+    def forward(self, hidden_states, *args):
+        return super().forward(hidden_states)
+
+
+class KeywordsRMSNorm(LlamaStyleRMSNorm):
+    def forward(self, hidden_states, **kwargs):
+        return super().forward(hidden_states)
+
+
+@pytest.mark.parametrize("cls,keyword", [
+    (ScaledLayerNorm, "scale"), (MambaStyleRMSNormGated, "gate"), (ArgsRMSNorm, None),
+    (KeywordsRMSNorm, "gate"),
+])
+def test_norms_whose_forward_takes_more_are_left_alone(cls, keyword):
+    """The probe passes the input alone; converted, such a norm would refuse its callers'
+    further arguments (or drop what they change)."""
+    norm = cls(8)
+    reference = copy.deepcopy(norm)
+    report = fused_norm.convert(nn.Sequential(norm))
+    assert len(report) == 0 and type(norm) is cls
+    assert [(s.name, s.old) for s in report.skipped] == [("0", cls)]
+    assert "forward takes more than the input" in report.skipped[0].note
+    x, other = torch.randn(2, 8), torch.randn(2, 8)
+    args, kwargs = ((), {keyword: other}) if keyword else ((other,), {})
+    torch.testing.assert_close(norm(x, *args, **kwargs), reference(x, *args, **kwargs))
