@@ -25,8 +25,24 @@ def batch_norm(input, running_mean, running_var, weight, bias, training, momentu
         if residual is not None:
             y = y + residual
         return torch.relu(y) if relu else y
+    check_running_stats(running_mean, running_var)
+    if eps < 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     return ops.batch_norm_fwd(input, weight, bias, residual, running_mean, running_var, training,
                               momentum, eps, relu)[0]
+
+
+def check_running_stats(running_mean, running_var):
+    """torch's checks of the running statistics: both or neither, and no autograd on them (they
+    are updated in place, not differentiated)."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_mean and running_var must either both be None or neither be None")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is not None and stat.requires_grad:
+            raise RuntimeError(
+                f"The function 'batch_norm' is not differentiable with respect to argument "
+                f"'{name}'. This input cannot have requires_grad True.")
 
 
 def check_batch_size(input):

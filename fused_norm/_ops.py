@@ -4,10 +4,12 @@ The schemas and the CPU/CUDA kernels are registered in C++ (csrc/registration.cp
 fused_norm._C loads them.
 """
 
+import functools
 import math
 import sys
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 try:
     from . import _C  # noqa: F401  (loads the library: schemas and kernels)
@@ -36,7 +38,37 @@ def _unwanted(input):
 # Fake kernels: shapes and dtypes of the outputs, for torch.compile and meta tensors.
 
 
-@torch.library.register_fake("fused_norm::layer_norm_fwd")
+def _register_fake(name):
+    """torch.library.register_fake, with the device check the real kernels make (C++,
+    check_same_device). The dispatcher sends a call with any meta tensor among its arguments
+    here, where a CPU input with meta parameters (a model built on the meta device and never
+    materialised) would otherwise get an uninitialised CPU output."""
+
+    def register(fake):
+        @functools.wraps(fake)
+        def checked(*args, **kwargs):
+            devices = {t.device for t in _tensors_of((*args, *kwargs.values()))}
+            if len(devices) > 1:
+                first, second = sorted(devices, key=str)[:2]
+                raise RuntimeError(
+                    "Expected all tensors to be on the same device, but found at least two "
+                    f"devices, {first} and {second}!")
+            return fake(*args, **kwargs)
+
+        return torch.library.register_fake(name)(checked)
+
+    return register
+
+
+def _tensors_of(args):
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            yield arg
+        elif isinstance(arg, (list, tuple)):
+            yield from _tensors_of(arg)
+
+
+@_register_fake("fused_norm::layer_norm_fwd")
 def _layer_norm_fwd_fake(input, normalized_shape, weight, bias, eps):
     M = _num_rows(input, normalized_shape)
     stats = stats_dtype(input.dtype)
@@ -47,7 +79,7 @@ def _layer_norm_fwd_fake(input, normalized_shape, weight, bias, eps):
     )
 
 
-@torch.library.register_fake("fused_norm::rms_norm_fwd")
+@_register_fake("fused_norm::rms_norm_fwd")
 def _rms_norm_fwd_fake(input, normalized_shape, weight, eps):
     M = _num_rows(input, normalized_shape)
     return (
@@ -62,7 +94,7 @@ def _param_grad_fake(wanted, param, input):
     return _unwanted(input)
 
 
-@torch.library.register_fake("fused_norm::layer_norm_bwd")
+@_register_fake("fused_norm::layer_norm_bwd")
 def _layer_norm_bwd_fake(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
     dx = torch.empty_like(input, memory_format=torch.contiguous_format)
     return (
@@ -72,66 +104,56 @@ def _layer_norm_bwd_fake(grad_out, input, normalized_shape, mean, rstd, weight, 
     )
 
 
-@torch.library.register_fake("fused_norm::rms_norm_bwd")
+@_register_fake("fused_norm::rms_norm_bwd")
 def _rms_norm_bwd_fake(grad_out, input, normalized_shape, rstd, weight, output_mask):
     dx = torch.empty_like(input, memory_format=torch.contiguous_format)
     return dx if output_mask[0] else _unwanted(input), _param_grad_fake(output_mask[1], weight, input)
-
-
-def _column_layout_empty(input):
-    """An empty tensor like `input` in the memory order the column-norm ops give their outputs
-    (csrc/common/column_norm.cpp, ColumnLayout): channels-last stays channels-last, anything
-    else comes back contiguous."""
-    if input.dim() > 2 and not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
-        strides = input.new_empty(input.movedim(1, -1).shape).movedim(-1, 1).stride()
-        return input.new_empty_strided(input.shape, strides)
-    return input.new_empty(input.shape)
 
 
 def _per_channel(input):
     return input.new_empty((input.shape[1],), dtype=stats_dtype(input.dtype))
 
 
-@torch.library.register_fake("fused_norm::batch_norm_stats")
+@_register_fake("fused_norm::batch_norm_stats")
 def _batch_norm_stats_fake(input):
     return _per_channel(input), _per_channel(input)
 
 
-@torch.library.register_fake("fused_norm::batch_norm_elemt")
+@_register_fake("fused_norm::batch_norm_elemt")
 def _batch_norm_elemt_fake(input, mean, var, weight, bias, residual, eps, relu):
-    return _column_layout_empty(input)
+    return _layout_empty(input)
 
 
-@torch.library.register_fake("fused_norm::batch_norm_bwd_reduce")
+@_register_fake("fused_norm::batch_norm_bwd_reduce")
 def _batch_norm_bwd_reduce_fake(grad_out, input, mean, relu_output, want_grad_residual):
     wanted = want_grad_residual and relu_output is not None
-    grad_residual = _column_layout_empty(input) if wanted else _unwanted(input)
+    grad_residual = _layout_empty(input) if wanted else _unwanted(input)
     return _per_channel(input), _per_channel(input), grad_residual
 
 
-@torch.library.register_fake("fused_norm::batch_norm_bwd_elemt")
+@_register_fake("fused_norm::batch_norm_bwd_elemt")
 def _batch_norm_bwd_elemt_fake(grad_out, input, mean, var, weight, relu_output, sum_dy,
                                sum_dy_xmu, eps, count):
-    return _column_layout_empty(input)
+    return _layout_empty(input)
 
 
-@torch.library.register_fake("fused_norm::batch_norm_fwd")
+@_register_fake("fused_norm::batch_norm_fwd")
 def _batch_norm_fwd_fake(input, weight, bias, residual, running_mean, running_var, training,
                          momentum, eps, relu):
     if training:
-        return _column_layout_empty(input), _per_channel(input), _per_channel(input)
+        return _layout_empty(input), _per_channel(input), _per_channel(input)
     empty = input.new_empty((0,), dtype=stats_dtype(input.dtype))
-    return _column_layout_empty(input), empty, empty.clone()
+    return _layout_empty(input), empty, empty.clone()
 
 
-@torch.library.register_fake("fused_norm::batch_norm_bwd")
+@_register_fake("fused_norm::batch_norm_bwd")
 def _batch_norm_bwd_fake(grad_out, input, mean, var, weight, bias, relu_output, eps, training,
                          output_mask):
     return (
-        _column_layout_empty(input) if output_mask[0] else _unwanted(input),
+        _layout_empty(input) if output_mask[0] else _unwanted(input),
         _param_grad_fake(output_mask[1], weight, input),
         _param_grad_fake(output_mask[2], bias, input),
-        _column_layout_empty(input) if output_mask[3] and relu_output is not None
+        _layout_empty(input) if output_mask[3] and relu_output is not None
         else _unwanted(input),
     )
 
@@ -180,19 +202,22 @@ def defer_to_torch(input):
     AD (under_function_transform), and for tensors our kernels do not take but torch's functions
     may: nested (jagged) tensors, layouts other than strided (sparse), quantized tensors and
     DTensors (tensor parallelism; our ops have no sharding rules). There torch's result, or
-    torch's error, is the answer."""
-    return (input.is_nested or input.layout != torch.strided or input.is_quantized
-            or _is_dtensor(input) or under_function_transform())
+    torch's error, is the answer: for an input that is no tensor at all, torch's TypeError."""
+    return (not isinstance(input, torch.Tensor) or input.is_nested
+            or input.layout != torch.strided or input.is_quantized or _is_dtensor(input)
+            or under_function_transform())
 
 
 def channels_last_format(input):
-    """torch.channels_last or channels_last_3d where input is laid out so (and is not also
-    contiguous, as a tensor with C == 1 is), else None."""
-    if not input.is_contiguous():
-        for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
-            if input.dim() == dim and input.is_contiguous(memory_format=fmt):
-                return fmt
-    return None
+    """The memory format torch's norms give the output of a non-contiguous 4-D or 5-D input:
+    its suggest_memory_format, torch.channels_last or channels_last_3d for strides ordered so (a
+    strided slice of a channels_last tensor too), else None (contiguous, as for every other
+    input; a tensor both contiguous and channels-last, C == 1, counts as contiguous). The same
+    rule as csrc/common/tensor_utils.h's, which the kernels' outputs follow."""
+    if input.dim() not in (4, 5) or input.is_contiguous():
+        return None
+    fmt = suggest_memory_format(input)
+    return None if fmt == torch.contiguous_format else fmt
 
 
 def contiguous(input):
@@ -204,41 +229,40 @@ def contiguous(input):
     return ops.contiguous_copy(input)
 
 
-def _group_norm_layout_empty(input):
-    """An empty tensor like `input` in the memory format the group-norm ops give their outputs
-    (csrc/common/group_norm.cpp, in_format_of): channels_last and channels_last_3d inputs keep
-    it, anything else comes back contiguous."""
+def _layout_empty(input):
+    """An empty tensor like `input` in the memory format the column-norm, group-norm and PReLU
+    ops give their outputs: channels_last_format's, or contiguous."""
     return torch.empty_like(input, memory_format=channels_last_format(input)
                             or torch.contiguous_format)
 
 
-@torch.library.register_fake("fused_norm::group_norm_fwd")
+@_register_fake("fused_norm::group_norm_fwd")
 def _group_norm_fwd_fake(input, num_groups, weight, bias, eps, activation):
     stats = stats_dtype(input.dtype)
     N = input.shape[0]
     return (
-        _group_norm_layout_empty(input),
+        _layout_empty(input),
         input.new_empty((N, num_groups), dtype=stats),
         input.new_empty((N, num_groups), dtype=stats),
     )
 
 
-@torch.library.register_fake("fused_norm::group_norm_bwd")
+@_register_fake("fused_norm::group_norm_bwd")
 def _group_norm_bwd_fake(grad_out, input, num_groups, mean, rstd, weight, bias, activation,
                          output_mask):
     return (
-        _group_norm_layout_empty(input) if output_mask[0] else _unwanted(input),
+        _layout_empty(input) if output_mask[0] else _unwanted(input),
         _param_grad_fake(output_mask[1], weight, input),
         _param_grad_fake(output_mask[2], bias, input),
     )
 
 
-@torch.library.register_fake("fused_norm::softmax_fwd")
+@_register_fake("fused_norm::softmax_fwd")
 def _softmax_fwd_fake(input, dim, log):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("fused_norm::softmax_bwd")
+@_register_fake("fused_norm::softmax_bwd")
 def _softmax_bwd_fake(grad_out, output, dim, log):
     return torch.empty_like(output, memory_format=torch.contiguous_format)
 
@@ -252,24 +276,24 @@ def _check_halving(input):
                          f"size {input.shape[-1]}")
 
 
-@torch.library.register_fake("fused_norm::gated_chunk_fwd")
+@_register_fake("fused_norm::gated_chunk_fwd")
 def _gated_chunk_fwd_fake(input, activation):
     _check_halving(input)
     return input.new_empty((*input.shape[:-1], input.shape[-1] // 2))
 
 
-@torch.library.register_fake("fused_norm::gated_chunk_bwd")
+@_register_fake("fused_norm::gated_chunk_bwd")
 def _gated_chunk_bwd_fake(grad_out, input, activation):
     _check_halving(input)
     return input.new_empty(input.shape)
 
 
-@torch.library.register_fake("fused_norm::gated_fwd")
+@_register_fake("fused_norm::gated_fwd")
 def _gated_fwd_fake(a, b, activation):
     return a.new_empty(a.shape)
 
 
-@torch.library.register_fake("fused_norm::gated_bwd")
+@_register_fake("fused_norm::gated_bwd")
 def _gated_bwd_fake(grad_out, a, b, activation):
     return a.new_empty(a.shape), a.new_empty(a.shape)
 
@@ -587,36 +611,36 @@ torch.library.register_autograd(
 # activation_fwd's autograd is C++ (csrc/common/elementwise_autograd.cpp).
 
 
-@torch.library.register_fake("fused_norm::activation_fwd")
+@_register_fake("fused_norm::activation_fwd")
 def _activation_fwd_fake(input, kind, args):
     return torch.empty_like(input)
 
 
-@torch.library.register_fake("fused_norm::activation_bwd")
+@_register_fake("fused_norm::activation_bwd")
 def _activation_bwd_fake(grad_out, saved, kind, args):
     return torch.empty_like(saved)
 
 
-@torch.library.register_fake("fused_norm::rrelu_with_noise_fwd")
+@_register_fake("fused_norm::rrelu_with_noise_fwd")
 def _rrelu_with_noise_fwd_fake(input, noise):
     return torch.empty_like(input), torch.empty_like(input)
 
 
-@torch.library.register_fake("fused_norm::rrelu_with_noise_bwd")
+@_register_fake("fused_norm::rrelu_with_noise_bwd")
 def _rrelu_with_noise_bwd_fake(grad_out, slope):
     return torch.empty_like(slope)
 
 
 def _prelu_layout_empty(input, weight):
-    return torch.empty_like(input) if weight.numel() == 1 else _group_norm_layout_empty(input)
+    return torch.empty_like(input) if weight.numel() == 1 else _layout_empty(input)
 
 
-@torch.library.register_fake("fused_norm::prelu_fwd")
+@_register_fake("fused_norm::prelu_fwd")
 def _prelu_fwd_fake(input, weight):
     return _prelu_layout_empty(input, weight)
 
 
-@torch.library.register_fake("fused_norm::prelu_bwd")
+@_register_fake("fused_norm::prelu_bwd")
 def _prelu_bwd_fake(grad_out, input, weight, output_mask):
     return (_prelu_layout_empty(input, weight) if output_mask[0] else _unwanted(input),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1]
@@ -760,7 +784,7 @@ def _add_norm_dtypes(input, residual, residual_dtype, out_dtype):
     return residual_dtype, out_dtype if out_dtype is not None else input.dtype
 
 
-@torch.library.register_fake("fused_norm::add_norm_fwd")
+@_register_fake("fused_norm::add_norm_fwd")
 def _add_norm_fwd_fake(input, residual, normalized_shape, weight, bias, eps, rms, alpha,
                        dropout_p, dropout_seed, residual_dtype, out_dtype, zero_centered_weight,
                        write_sum, memory_efficient):
@@ -775,7 +799,7 @@ def _add_norm_fwd_fake(input, residual, normalized_shape, weight, bias, eps, rms
     )
 
 
-@torch.library.register_fake("fused_norm::add_norm_bwd")
+@_register_fake("fused_norm::add_norm_bwd")
 def _add_norm_bwd_fake(grad_out, grad_sum, saved, normalized_shape, mean, rstd, weight, bias, rms,
                        alpha, dropout_p, dropout_seed, zero_centered_weight, saved_is_output,
                        input_dtype, residual_dtype, output_mask):
@@ -861,12 +885,12 @@ torch.library.register_autograd(
 # formula written in torch ops (reference.dyt_bwd_ref).
 
 
-@torch.library.register_fake("fused_norm::dyt_fwd")
+@_register_fake("fused_norm::dyt_fwd")
 def _dyt_fwd_fake(input, alpha, weight, bias):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("fused_norm::dyt_bwd")
+@_register_fake("fused_norm::dyt_bwd")
 def _dyt_bwd_fake(grad_out, input, alpha, weight, bias, output_mask):
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0]
@@ -968,7 +992,7 @@ def autocast_inputs(aten_op, to_float32, *tensors):
 # Tensor.contiguous().
 
 
-@torch.library.register_fake("fused_norm::contiguous_copy")
+@_register_fake("fused_norm::contiguous_copy")
 def _contiguous_copy_fake(input):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 

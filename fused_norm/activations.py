@@ -10,6 +10,8 @@ the input (see _apply): the same tensor object comes back, and autograd's rules 
 ops (the error on a leaf that requires grad, version counters) are torch's own.
 """
 
+import math
+
 import torch
 import torch.nn.functional as TF
 
@@ -35,7 +37,7 @@ def _ours(input):
     """Whether our kernels take the call; else torch's own function does: for dtypes they do not
     have, for other input they do not take (nested, sparse, quantized, DTensor), and under a
     torch.func transform or forward-mode AD (_ops.defer_to_torch)."""
-    return input.dtype in _KERNEL_DTYPES and not _ops.defer_to_torch(input)
+    return not _ops.defer_to_torch(input) and input.dtype in _KERNEL_DTYPES
 
 
 def _apply(input, inplace, compute):
@@ -91,6 +93,9 @@ def celu(input, alpha=1.0, inplace=False):
 
 
 def gelu(input, *, approximate="none"):
+    if not isinstance(approximate, str):
+        raise TypeError(
+            f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     if not _ours(input):
@@ -123,8 +128,9 @@ def hardsigmoid(input, inplace=False):
 
 
 def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
-    if not _ours(input) or min_val > max_val:
-        # torch's error for min_val > max_val (and its behaviour for other dtypes).
+    if not _ours(input) or not min_val <= max_val:
+        # torch's error for min_val > max_val, its NaN output for a NaN bound (and its behaviour
+        # for other dtypes).
         return TF.hardtanh(input, min_val, max_val, inplace)
     return _act(input, inplace, "hardtanh", (float(min_val), float(max_val)))
 
@@ -152,8 +158,9 @@ def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
     if not training and lower <= upper and _ops.under_function_transform():
         # torch's eval RReLU, as a LeakyReLU that vmap can batch (torch's rrelu it cannot).
         return TF.leaky_relu(input, (lower + upper) / 2, inplace)
-    if not _ours(input) or lower > upper:
-        # torch's error for lower > upper (and its behaviour for other dtypes).
+    if not _ours(input) or lower > upper or not math.isfinite(lower) or not math.isfinite(upper):
+        # torch's errors for lower > upper and for bounds that are not finite (and its
+        # behaviour for other dtypes).
         return TF.rrelu(input, lower, upper, training, inplace)
     # torch's rrelu returns a contiguous tensor whatever the input's layout.
     if not training:
@@ -171,7 +178,8 @@ def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
 
 
 def prelu(input, weight):
-    if not _ours(input):
+    if not _ours(input) or not isinstance(weight, torch.Tensor):
+        # (torch's TypeError for a weight that is no tensor)
         return TF.prelu(input, weight)
     input, weight = _ops.autocast_inputs("aten::prelu", False, input, weight)
     return ops.prelu_fwd(input, weight)

@@ -39,7 +39,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Like torch.nn.functional.rms_norm; eps=None means the machine epsilon of the dtype the
     statistics are computed in (float32 for 16- and 32-bit input, float64 for float64)."""
-    if input.is_complex() or _ops.defer_to_torch(input):
+    if _ops.defer_to_torch(input) or input.is_complex():
         # torch's composite rms_norm also takes complex input, which our kernels do not.
         return torch.nn.functional.rms_norm(input, normalized_shape, weight, eps)
     shape = torch_shape("rms_norm", normalized_shape)
@@ -59,6 +59,9 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p,
               training, prenorm, residual_in_fp32, out_dtype, zero_centered_weight,
               memory_efficient):
+    if not 0.0 <= dropout_p <= 1.0:
+        # torch's dropout checks p in eval too.
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
     dropout_p = float(dropout_p) if training else 0.0
     residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
     if _ops.defer_to_torch(input):
@@ -164,13 +167,13 @@ def _verify_group_norm_size(input, num_groups):
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Like torch.nn.functional.group_norm."""
+    if _ops.defer_to_torch(input):
+        return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
     num_groups = torch_int("group_norm", "num_groups", 2, num_groups)
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
-    if _ops.defer_to_torch(input):
-        return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, "none")[0]
 
 
@@ -179,13 +182,13 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
     recomputes the normalized value instead of storing it). activation: None, 'relu', 'silu'
     (or 'swish'), 'gelu', 'gelu_tanh' (GELU with approximate='tanh') or 'mish'."""
     name = _activation_name(activation)
+    if _ops.defer_to_torch(input):
+        return group_norm_ref(input, num_groups, weight, bias, eps, name)
     num_groups = torch_int("group_norm_act", "num_groups", 2, num_groups)
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     _verify_group_norm_size(input, num_groups)
-    if _ops.defer_to_torch(input):
-        return group_norm_ref(input, num_groups, weight, bias, eps, name)
     return _ops.ops.group_norm_fwd(input, num_groups, weight, bias, eps, name)[0]
 
 
@@ -199,6 +202,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if _ops.defer_to_torch(input):
         return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
                                                  use_input_stats, momentum, eps)
+    _batch_norm.check_running_stats(running_mean, running_var)
     input = _ops.contiguous(input)
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
@@ -241,8 +245,11 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         if running_mean is not None:
             running_mean.lerp_(mean.detach().mean(0).to(running_mean.dtype), momentum)
         if running_var is not None:
-            # The biased variance back from rstd = 1 / sqrt(var + eps), made unbiased.
-            var = (rstd.detach().reciprocal().square() - eps) * (spatial / max(spatial - 1, 1))
+            # Each instance's unbiased variance, computed again from the input (in the
+            # statistics' dtype): rebuilt from rstd = 1 / sqrt(var + eps) it would lose the
+            # digits eps takes, and a constant instance could get a negative variance.
+            flat = input.detach().flatten(2).to(stats_dtype(input.dtype))
+            var = torch.var(flat, dim=2, correction=1)
             running_var.lerp_(var.mean(0).to(running_var.dtype), momentum)
     return y
 

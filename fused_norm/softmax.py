@@ -20,6 +20,9 @@ def _softmax(name, input, dim, stacklevel, dtype, log):
         torch_softmax = torch.nn.functional.log_softmax if log else torch.nn.functional.softmax
         return torch_softmax(input, dim, dtype=dtype)
     if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(
+                f"{name}(): argument 'dtype' must be torch.dtype, not {type(dtype).__name__}")
         # torch casts before the op: the output comes in `dtype`, and so does the gradient's math.
         input = input.to(dtype)
     return _ops.ops.softmax_fwd(input, dim, log)

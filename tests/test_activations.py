@@ -310,6 +310,23 @@ def test_inplace(device, act):
         act.ours(base.clone().requires_grad_(), inplace=True)
 
 
+@pytest.mark.parametrize("module", [False, True])
+def test_relu_saves_its_output_as_torch(device, module):
+    """torch's relu keeps its output for the backward, not its input: changing the input in
+    place afterwards is fine, changing the output is an error at backward."""
+    relu = fused_norm.ReLU() if module else fused_norm.relu
+    a = torch.randn(6, device=device, requires_grad=True)
+    h = a * 2
+    y = relu(h)
+    h.add_(1)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(a.grad, 2 * (a > 0).to(a.dtype))
+    y = relu(a * 2)
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(torch.ones_like(y))
+
+
 def test_modules_are_torch_modules():
     for act in ACTS:
         ours, theirs = act.modules[0](), act.modules[1]()
@@ -432,6 +449,18 @@ def test_bad_input(device):
             theirs(x, *args)
         with pytest.raises(expected.type, match=str(expected.value)[:30]):
             ours(x, *args)
+    # NaN and infinite bounds: torch's NaN output and torch's errors.
+    nan, inf = float("nan"), float("inf")
+    for lo, hi in ((nan, 1.0), (-1.0, nan)):
+        assert torch.equal(fused_norm.hardtanh(x, lo, hi).isnan(), F.hardtanh(x, lo, hi).isnan())
+    for lo, hi in ((nan, 0.3), (0.1, inf), (-inf, 0.3)):
+        for training in (False, True):
+            with pytest.raises(RuntimeError, match="bound must be finite"):
+                fused_norm.rrelu(x, lo, hi, training)
+    with pytest.raises(TypeError, match="argument 'approximate' must be str, not NoneType"):
+        F.gelu(x, approximate=None)
+    with pytest.raises(TypeError, match="argument 'approximate' must be str, not NoneType"):
+        fused_norm.gelu(x, approximate=None)
     # gelu's approximate is keyword-only, as torch's.
     with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
         F.gelu(x, "tanh")

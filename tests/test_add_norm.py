@@ -345,8 +345,10 @@ def test_dropout_edges(device, norm):
     y_eval = fused(norm, x, r, (16,), dropout_p=0.5, training=False)
     y_plain = fused(norm, x, r, (16,))
     assert torch.equal(y_eval, y_plain)
-    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
-        fused(norm, x, r, (16,), dropout_p=1.5)
+    # Checked in eval too, as torch's dropout does.
+    for training in (True, False):
+        with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+            fused(norm, x, r, (16,), dropout_p=1.5, training=training)
 
 
 # ---------------------------------------------------------------------------------------------

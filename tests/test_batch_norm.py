@@ -469,7 +469,8 @@ def _raises(exc, match, fn):
 @pytest.mark.parametrize("case", [
     "int-input", "weight-size", "bias-size", "running-mean-size", "running-var-size",
     "eval-without-stats", "one-value-per-channel", "eps-zero", "module-rank", "mixed-dtype",
-    "bool-input",
+    "bool-input", "mean-without-var", "var-without-mean", "eval-eps-negative",
+    "stats-requiring-grad",
 ])
 def test_bad_input_matches_torch(device, case):
     x = torch.randn(4, 3, 5, device=device)
@@ -495,6 +496,16 @@ def test_bad_input_matches_torch(device, case):
         "eps-zero": (lambda f: f(x, None, None, training=True, eps=0.0), ValueError,
                      "batch_norm eps must be positive during training, but got 0.0"),
         "module-rank": (None, ValueError, r"expected 4D input \(got 3D input\)"),
+        "mean-without-var": (lambda f: f(x, zeros, None, training=True), ValueError,
+                             "running_mean and running_var must either both be None"),
+        "var-without-mean": (lambda f: f(x, None, ones, training=True), ValueError,
+                             "running_mean and running_var must either both be None"),
+        "eval-eps-negative": (lambda f: f(x, zeros, ones, eps=-1.0), ValueError,
+                              "batch_norm eps must be non-negative, but got -1.0"),
+        "stats-requiring-grad": (lambda f: f(x, zeros.clone().requires_grad_(), ones,
+                                             training=True),
+                                 RuntimeError, "not differentiable with respect to argument "
+                                 "'running_mean'"),
         "mixed-dtype": (lambda f: f(x.bfloat16(), zeros, ones,
                                     torch.ones(3, device=device, dtype=torch.float16)),
                         RuntimeError, "mixed dtype"),

@@ -220,6 +220,33 @@ def test_instance_norm_functional_use_running_stats(device):
         F.instance_norm(x, rm, rv, w, b, use_input_stats=False))
 
 
+@pytest.mark.parametrize("eps", [1e-5, 0.5, 1.0])
+def test_instance_norm_running_var_keeps_its_digits(device, eps):
+    """The running variance is the instances' unbiased variance as torch's, whatever eps: a
+    constant instance adds exactly 0, and a variance far below eps is not lost to it."""
+    x = torch.cat([torch.full((2, 1, 64), 3.0, device=device),
+                   torch.randn(2, 1, 64, device=device) * 1e-3,
+                   torch.randn(2, 1, 64, device=device) * 5 + 2], dim=1)
+    ours = fused_norm.InstanceNorm1d(3, eps=eps, momentum=1.0, track_running_stats=True)
+    theirs = torch.nn.InstanceNorm1d(3, eps=eps, momentum=1.0, track_running_stats=True)
+    ours, theirs = ours.to(device), theirs.to(device)
+    # (The constant instance's output, 0, comes out as x * scale + shift, of the order of an
+    # ulp of x * rstd.)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=1e-5)
+    assert ours.running_var[0] == 0
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-5, atol=0)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+
+
+def test_instance_norm_running_stats_checks_as_torch(device):
+    x = torch.randn(2, 3, 8, device=device)
+    stat = torch.zeros(3, device=device)
+    for mean, var in ((stat, None), (None, stat)):
+        for f in (F.instance_norm, fused_norm.instance_norm):
+            with pytest.raises(ValueError, match="must either both be None or neither"):
+                f(x, mean, var)
+
+
 @pytest.mark.parametrize("use_input_stats", [True, False])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d", "transposed"])
 def test_instance_norm_output_is_contiguous(device, layout, use_input_stats):

@@ -72,15 +72,8 @@ void check_like(const at::Tensor& t, const at::Tensor& input, const char* op, co
 // The input's memory format for a result computed contiguously (channels_last stays
 // channels_last), as torch's prelu gives it.
 at::Tensor in_format_of(const at::Tensor& result, const at::Tensor& input) {
-  if (!input.is_contiguous()) {
-    if (input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-      return result.contiguous(at::MemoryFormat::ChannelsLast);
-    }
-    if (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)) {
-      return result.contiguous(at::MemoryFormat::ChannelsLast3d);
-    }
-  }
-  return result;
+  const std::optional<at::MemoryFormat> format = channels_last_format(input);
+  return format ? result.contiguous(*format) : result;
 }
 
 // PReLU's [A, C, B] view: one slope for all, or one per channel (dim 1), with torch's checks.

@@ -14,13 +14,14 @@ namespace fused_norm {
 namespace {
 
 // How an (N, C, *) tensor is laid out for the kernels, as the [A, C, B] of column_norm_params.h.
-// Two memory orders are served as they are: contiguous (A = N, B = prod(*)) and channels-last,
-// i.e. (N, *, C) contiguous (A = N * prod(*), B = 1) — channels_last, channels_last_3d and their
-// 3-D analogue. Any other strides are copied to contiguous first. Every tensor of a call (grad_out,
-// the ReLU output, the residual) is brought to the input's order, and outputs are allocated in it,
-// so the output keeps the input's memory format.
+// Two memory orders are served: contiguous (A = N, B = prod(*)) and channels-last, i.e. (N, *, C)
+// contiguous (A = N * prod(*), B = 1), for the 4-D and 5-D input torch gives a channels_last or
+// channels_last_3d output (channels_last_format). Any other strides are copied to contiguous
+// first, as torch's batch_norm does (its output is contiguous then). Every tensor of a call
+// (grad_out, the ReLU output, the residual) is brought to the input's order, and outputs are
+// allocated in it, so the output has the memory format torch's has.
 struct ColumnLayout {
-  bool channels_last = false;
+  std::optional<at::MemoryFormat> format;  // channels-last input: its format
   ColumnShape shape{};
 
   static ColumnLayout of(const at::Tensor& input) {
@@ -28,37 +29,20 @@ struct ColumnLayout {
     const int64_t N = input.size(0), C = input.size(1);
     int64_t spatial = 1;
     for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
-    // A contiguous tensor is served as NCHW even when it is also channels-last (C == 1 or
-    // spatial == 1), the common case.
-    layout.channels_last = input.dim() > 2 && !input.is_contiguous() &&
-                           input.movedim(1, -1).is_contiguous();
-    layout.shape = layout.channels_last ? ColumnShape{N * spatial, C, 1}
-                                        : ColumnShape{N, C, spatial};
+    layout.format = channels_last_format(input);
+    layout.shape = layout.format ? ColumnShape{N * spatial, C, 1} : ColumnShape{N, C, spatial};
     return layout;
   }
 
-  // `t` (of the input's sizes) with its memory in this layout: a view when it already is.
+  // `t` (of the input's sizes) with its memory in this layout: itself when it already is.
   at::Tensor arrange(const at::Tensor& t) const {
-    if (!channels_last) return t.contiguous();
-    return t.movedim(1, -1).contiguous().movedim(-1, 1);
+    return t.contiguous(format.value_or(at::MemoryFormat::Contiguous));
   }
 
-  // A tensor of its own with like's sizes in this layout. Not a permuted view of a buffer:
-  // autograd forbids in-place ops (a ReLU(inplace=True) after the norm) on an output that is a
-  // view created inside a Function.
+  // A tensor of its own with like's sizes in this layout.
   at::Tensor empty(const at::Tensor& like) const {
-    if (!channels_last) return at::empty(like.sizes(), like.options());
-    // Channels innermost, then the other dims from last to first.
-    std::vector<int64_t> strides(like.dim());
-    int64_t stride = 1;
-    strides[1] = stride;
-    stride *= std::max<int64_t>(like.size(1), 1);
-    for (int64_t d = like.dim() - 1; d >= 0; --d) {
-      if (d == 1) continue;
-      strides[d] = stride;
-      stride *= std::max<int64_t>(like.size(d), 1);
-    }
-    return at::empty_strided(like.sizes(), strides, like.options());
+    return at::empty(like.sizes(),
+                     like.options().memory_format(format.value_or(at::MemoryFormat::Contiguous)));
   }
 
   int64_t per_channel() const { return shape.A * shape.B; }

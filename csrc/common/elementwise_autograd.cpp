@@ -104,9 +104,11 @@ class GatedFunction : public torch::autograd::Function<GatedFunction> {
   }
 };
 
-// Inputs: input, kind, args. Saves the output for the kinds whose backward is written in it
-// (sigmoid, tanh, as torch's sigmoid_backward / tanh_backward: activation_bwd's `saved`), the
-// input for every other kind.
+// Inputs: input, kind, args. Saves what torch's own op saves, so that in-place changes after
+// the call are errors (or not) exactly as with torch: the output for sigmoid and tanh, whose
+// backward is written in it (torch's sigmoid_backward / tanh_backward: activation_bwd's
+// `saved`), and for relu, whose mask y > 0 is x > 0 (torch's threshold_backward of the result);
+// the input for every other kind.
 class ActivationFunction : public torch::autograd::Function<ActivationFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, c10::string_view kind,
@@ -117,7 +119,7 @@ class ActivationFunction : public torch::autograd::Function<ActivationFunction> 
             .typed<at::Tensor(const at::Tensor&, c10::string_view, c10::ArrayRef<double>)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor y = op.call(input, kind, args);
-    const bool saves_output = kind == "sigmoid" || kind == "tanh";
+    const bool saves_output = kind == "sigmoid" || kind == "tanh" || kind == "relu";
     ctx->saved_data["kind"] = std::string(kind.data(), kind.size());
     ctx->saved_data["args"] = args.vec();
     ctx->save_for_backward({saves_output ? y : input});

@@ -61,18 +61,6 @@ GroupShape check_group_norm_args(const at::Tensor& input, int64_t num_groups,
   return {N, C, HW, num_groups};
 }
 
-// Outputs keep the input's memory format: channels_last and channels_last_3d stay so, anything
-// else comes back contiguous. A tensor that is both contiguous and channels-last (C == 1 or a
-// single spatial element) counts as contiguous, as in fused_norm/_ops.py's fakes.
-std::optional<at::MemoryFormat> channels_last_format(const at::Tensor& input) {
-  if (input.is_contiguous()) return std::nullopt;
-  for (const auto& [dim, format] : {std::pair(4, at::MemoryFormat::ChannelsLast),
-                                    std::pair(5, at::MemoryFormat::ChannelsLast3d)}) {
-    if (input.dim() == dim && input.is_contiguous(format)) return format;
-  }
-  return std::nullopt;
-}
-
 // The memory order the kernels get (GroupNormFwdParams::channels_last): channels-last input as it
 // is where the backend takes it, else the contiguous [N, C, HW] form. Every tensor of the call is
 // brought to it, and outputs are allocated in it.

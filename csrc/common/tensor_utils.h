@@ -58,6 +58,18 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, c10::IntA
 
 inline bool defined(const std::optional<at::Tensor>& t) { return t && t->defined(); }
 
+// The memory format torch's norms give the output of a non-contiguous 4-D or 5-D input: the
+// input's suggest_memory_format, channels_last or channels_last_3d for strides ordered so (a
+// strided slice of a channels_last tensor too), else nullopt: contiguous, as for every other
+// input. A tensor that is both contiguous and channels-last (C == 1, one spatial element) counts
+// as contiguous. fused_norm/_ops.py's channels_last_format is the same rule for the fakes.
+inline std::optional<at::MemoryFormat> channels_last_format(const at::Tensor& input) {
+  if ((input.dim() != 4 && input.dim() != 5) || input.is_contiguous()) return std::nullopt;
+  const at::MemoryFormat format = input.suggest_memory_format();
+  if (format == at::MemoryFormat::Contiguous) return std::nullopt;
+  return format;
+}
+
 inline const void* data_or_null(const std::optional<at::Tensor>& t) {
   return defined(t) ? t->const_data_ptr() : nullptr;
 }
