@@ -23,10 +23,39 @@ def torch_int(function, name, position, value):
                     f"{type(value).__name__}")
 
 
+def torch_float(function, name, position, value):
+    """value as a float (or Scalar) argument of torch's: a real number (a bool and numpy scalars
+    included) or a 0-dim tensor, returned as it is; not None, a string or a tensor with
+    dimensions, which reach our ops' schema as a RuntimeError or are taken by float()."""
+    if isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        return value
+    raise TypeError(f"{function}(): argument '{name}' (position {position}) must be float, not "
+                    f"{type(value).__name__}")
+
+
+def torch_bool(function, name, position, value):
+    """value as a bool argument of torch's: a bool, not a number or None."""
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{function}(): argument '{name}' (position {position}) must be bool, not "
+                    f"{type(value).__name__}")
+
+
 def torch_shape(function, normalized_shape):
-    """normalized_shape as torch.nn.functional's layer_norm and rms_norm take it: a sequence of
-    ints, not one int (their modules accept an int; the functions raise torch's TypeError)."""
-    if isinstance(normalized_shape, numbers.Integral):
-        raise TypeError(f"{function}(): argument 'normalized_shape' (position 2) must be tuple of "
-                        f"ints, not {type(normalized_shape).__name__}")
+    """normalized_shape as torch.nn.functional's layer_norm and rms_norm take it: a list or tuple
+    (torch.Size) of ints, not one int (their modules accept an int; the functions raise torch's
+    TypeError) nor an array or tensor."""
+    def wrong(what):
+        return TypeError(f"{function}(): argument 'normalized_shape' (position 2) must be tuple "
+                         f"of ints, {what}")
+
+    if not isinstance(normalized_shape, (list, tuple)):
+        raise wrong(f"not {type(normalized_shape).__name__}")
+    for pos, size in enumerate(normalized_shape):
+        try:
+            if isinstance(size, bool):
+                raise TypeError
+            operator.index(size)  # an int, a numpy integer, a 0-dim integer tensor
+        except TypeError:
+            raise wrong(f"but found element of type {type(size).__name__} at pos {pos}") from None
     return tuple(normalized_shape)

@@ -11,6 +11,7 @@ milliseconds, so the Python autograd around them costs nothing that matters.
 
 import torch
 
+from ._arguments import torch_bool, torch_float
 from ._ops import defer_to_torch, ops
 
 
@@ -25,6 +26,9 @@ def batch_norm(input, running_mean, running_var, weight, bias, training, momentu
         if residual is not None:
             y = y + residual
         return torch.relu(y) if relu else y
+    torch_bool("batch_norm", "training", 6, training)
+    torch_float("batch_norm", "momentum", 7, momentum)
+    torch_float("batch_norm", "eps", 8, eps)
     check_running_stats(running_mean, running_var)
     if eps < 0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")

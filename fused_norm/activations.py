@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as TF
 
 from . import _ops  # registers fakes and autograd; autocast_inputs
+from ._arguments import torch_float
 
 ops = torch.ops.fused_norm
 
@@ -50,6 +51,11 @@ def _apply(input, inplace, compute):
     return input.copy_(compute(source))
 
 
+def _scalar(function, name, position, value):
+    """A number argument as a float for the op, with torch's TypeError for anything else."""
+    return float(torch_float(function, name, position, value))
+
+
 def _act(input, inplace, kind, args=()):
     return _apply(input, inplace, lambda x: ops.activation_fwd(x, kind, list(args)))
 
@@ -70,13 +76,13 @@ def relu6(input, inplace=False):
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     if not _ours(input):
         return TF.leaky_relu(input, negative_slope, inplace)
-    return _act(input, inplace, "leaky_relu", (float(negative_slope),))
+    return _act(input, inplace, "leaky_relu", (_scalar("leaky_relu", "negative_slope", 2, negative_slope),))
 
 
 def elu(input, alpha=1.0, inplace=False):
     if not _ours(input):
         return TF.elu(input, alpha, inplace)
-    return _act(input, inplace, "elu", (float(alpha), 1.0, 1.0))
+    return _act(input, inplace, "elu", (_scalar("elu", "alpha", 2, alpha), 1.0, 1.0))
 
 
 def selu(input, inplace=False):
@@ -89,7 +95,8 @@ def celu(input, alpha=1.0, inplace=False):
     if not _ours(input) or alpha == 0:
         # torch's error for alpha == 0 (and its behaviour for other dtypes).
         return TF.celu(input, alpha, inplace)
-    return _act(input, inplace, "elu", (float(alpha), 1.0, 1.0 / alpha))
+    alpha = _scalar("celu", "alpha", 2, alpha)
+    return _act(input, inplace, "elu", (alpha, 1.0, 1.0 / alpha))
 
 
 def gelu(input, *, approximate="none"):
@@ -132,7 +139,8 @@ def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
         # torch's error for min_val > max_val, its NaN output for a NaN bound (and its behaviour
         # for other dtypes).
         return TF.hardtanh(input, min_val, max_val, inplace)
-    return _act(input, inplace, "hardtanh", (float(min_val), float(max_val)))
+    return _act(input, inplace, "hardtanh", (_scalar("hardtanh", "min_val", 2, min_val),
+                                             _scalar("hardtanh", "max_val", 3, max_val)))
 
 
 def sigmoid(input):
@@ -151,7 +159,8 @@ def softplus(input, beta=1.0, threshold=20.0):
     if not _ours(input):
         return TF.softplus(input, beta, threshold)
     (input,) = _ops.autocast_inputs("aten::softplus", True, input)
-    return ops.activation_fwd(input, "softplus", [float(beta), float(threshold)])
+    return ops.activation_fwd(input, "softplus", [_scalar("softplus", "beta", 2, beta),
+                                                  _scalar("softplus", "threshold", 3, threshold)])
 
 
 def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):

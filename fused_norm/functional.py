@@ -7,7 +7,7 @@ import numbers
 import torch
 
 from . import _batch_norm, _ops
-from ._arguments import torch_int, torch_shape
+from ._arguments import torch_bool, torch_float, torch_int, torch_shape
 from .reference import add_norm_ref, group_norm_ref, stats_dtype
 
 # Under a torch.func transform or forward-mode AD, and for input our kernels do not take
@@ -31,6 +31,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if _ops.defer_to_torch(input):
         return torch.nn.functional.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = torch_shape("layer_norm", normalized_shape)
+    torch_float("layer_norm", "eps", 5, eps)
     # The kernels read rows of contiguous memory: a permuted input (ConvNeXt's NHWC view of a
     # channels-first activation) is copied first, as torch's layer_norm does, but by a transpose.
     return _ops.ops.layer_norm_fwd(_ops.contiguous(input), shape, weight, bias, eps)[0]
@@ -45,6 +46,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     shape = torch_shape("rms_norm", normalized_shape)
     if eps is None:
         eps = torch.finfo(stats_dtype(input.dtype)).eps
+    torch_float("rms_norm", "eps", 4, eps)
     if (weight is not None and weight.dtype != input.dtype and weight.is_floating_point()
             and input.is_floating_point()):
         # torch's rms_norm takes a weight of any floating dtype (the output keeps the input's);
@@ -170,6 +172,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     if _ops.defer_to_torch(input):
         return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
     num_groups = torch_int("group_norm", "num_groups", 2, num_groups)
+    torch_float("group_norm", "eps", 5, eps)
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
@@ -202,19 +205,21 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if _ops.defer_to_torch(input):
         return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
                                                  use_input_stats, momentum, eps)
+    torch_bool("instance_norm", "use_input_stats", 6, use_input_stats)
+    torch_float("instance_norm", "momentum", 7, momentum)
+    torch_float("instance_norm", "eps", 8, eps)
     _batch_norm.check_running_stats(running_mean, running_var)
     input = _ops.contiguous(input)
     if not use_input_stats:
         return _batch_norm.batch_norm(input, running_mean, running_var, weight, bias, False,
                                       momentum, eps)
-    if input.dim() >= 2:
-        spatial = 1
-        for size in input.shape[2:]:
-            spatial *= size
-        if spatial == 1:
-            raise ValueError(
-                f"Expected more than 1 spatial element when training, got input size "
-                f"{input.size()}")
+    # torch's check, which a 1-D or 2-D input fails too (no spatial elements: a product of 1).
+    spatial = 1
+    for size in input.shape[2:]:
+        spatial *= size
+    if spatial == 1:
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size {input.size()}")
     C = input.size(1) if input.dim() >= 2 else 0
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         if stat is not None and stat.numel() != C:
@@ -232,7 +237,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     with torch.autocast(device, enabled=False) if (
             torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
     ) else contextlib.nullcontext():
-        y, mean, rstd = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
+        y, mean, _ = _ops.ops.group_norm_fwd(input, C, weight, bias, eps, "none")
     # The running statistics from detached statistics rather than under no_grad: a no_grad
     # region in the graph of torch.export makes a program that torch.export.load refuses.
     if input.size(0) == 0:
@@ -241,7 +246,6 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             if stat is not None:
                 stat.fill_(float("nan"))
     else:
-        spatial = input.numel() // (input.size(0) * C)
         if running_mean is not None:
             running_mean.lerp_(mean.detach().mean(0).to(running_mean.dtype), momentum)
         if running_var is not None:
