@@ -63,6 +63,17 @@ class _AddNorm(_ops.TorchScriptUnsupported):
         return options
 
 
+def _fusion_option(name):
+    """The fusion option `name` as an attribute of the module, read and set as nn.Dropout's p
+    is (``m.dropout_p = 0.1``); its value lives in _fusion, which convert sets whole."""
+    return property(lambda self: self._fusion[name],
+                    lambda self, value: self._fusion.__setitem__(name, value))
+
+
+for _name in _ADD_NORM_DEFAULTS:
+    setattr(_AddNorm, _name, _fusion_option(_name))
+
+
 class AddLayerNorm(_AddNorm, torch.nn.LayerNorm):
     """LayerNorm(dropout(input) + alpha * residual); forward(input, residual=None) returns y, or
     (y, h) with prenorm=True. Options: see fused_norm.add_layer_norm."""

@@ -384,6 +384,16 @@ def test_module_options(device):
     assert_close(y, F.rms_norm(h, (16,), None, m.eps), torch.float32, "fwd")
     with pytest.raises(ValueError):
         fused_norm.AddLayerNorm(16, dropout_p=-0.1)
+    # The options are attributes, read and set as nn.Dropout's p.
+    assert m.alpha == 2.0 and m.prenorm and m.dropout_p == 0.1
+    m.prenorm, m.alpha = False, 0.5
+    y = m(x, r)
+    assert isinstance(y, torch.Tensor) and "alpha=0.5" in repr(m)
+    assert_close(y, F.rms_norm(x + 0.5 * r, (16,), None, m.eps), torch.float32, "fwd")
+    m.train()
+    m.dropout_p = 1.5
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+        m(x, r)
 
 
 @pytest.mark.parametrize("cls", [fused_norm.AddLayerNorm, fused_norm.AddRMSNorm])
