@@ -2,6 +2,7 @@
 // compile-time types) and small integer helpers. Framework-free: only CUDA headers.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -71,10 +72,24 @@ __global__ void arch_probe_kernel() {}
 // the code it runs was compiled for sm_90 or later. (A build of sm_80 code with PTX, JIT-compiled
 // for an H100, has the cluster primitives of reduce.cuh compiled to a cluster of one block, and
 // the kernels would slice their rows for a cluster that is not there.)
+// Known per device after the first call: cudaFuncGetAttributes takes the driver's locks, and
+// the row and group norms ask on every launch.
 inline bool device_has_clusters() {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<signed char> known[kCachedDevices] = {};  // 0 not asked, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device >= 0 && device < kCachedDevices && known[device].load() != 0) {
+    return known[device].load() == 2;
+  }
   cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, arch_probe_kernel) != cudaSuccess) return false;
-  return attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+  if (cudaFuncGetAttributes(&attr, arch_probe_kernel) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left for the next launch's check to find
+    return false;
+  }
+  const bool clusters = attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+  if (device >= 0 && device < kCachedDevices) known[device].store(clusters ? 2 : 1);
+  return clusters;
 }
 
 }  // namespace

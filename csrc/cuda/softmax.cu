@@ -5,10 +5,11 @@
 //   short rows, one block per row otherwise; each thread holds its slice of the row (x, or y and
 //   dy) in registers, so the row is read once and written once. Exact two-pass statistics: the
 //   max, then the sum of exp(x - max). Rows that 16-byte vectors cannot read are read one
-//   element at a time.
+//   element at a time, a warp per row up to 16 elements a thread.
 // - Streamed rows (B == 1, longer rows): one block per row, a running (max, sum) per thread in
 //   the first pass, then a second pass that re-reads the row (from L2 when the rows in flight
 //   fit there) to write.
+// Rows are launched a grid of at most 2^31 - 1 blocks at a time.
 // - Strided slices (B > 1): one thread per (a, b), walking c with stride B; consecutive threads
 //   take consecutive b, so every step of a warp reads contiguous memory. No transpose.
 //
@@ -17,6 +18,7 @@
 // Indexing is 64-bit wherever an offset can pass 2^31.
 #include "softmax_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -42,6 +44,13 @@ __device__ __forceinline__ Acc neg_inf() {
 // 64K registers of an SM at one block per SM.
 template <typename Acc>
 constexpr int kMaxElems = sizeof(Acc) == 8 ? 16 : 32;
+
+// Vectors of kWidth elements a thread of the register paths holds. One element at a time, the
+// per-item index math takes registers too: 32 items spilled 0.5-0.9 KB per thread to local
+// memory (ptxas, sm_90), 16 stay in registers.
+template <typename T, int kWidth>
+constexpr int kMaxItems =
+    kWidth == 1 ? std::min(kMaxElems<opmath_t<T>>, 16) : kMaxElems<opmath_t<T>> / kWidth;
 
 constexpr int kRowsPerWarpBlock = 4;   // warp-per-row blocks: 128 threads, many blocks per SM
 constexpr int kStreamThreads = 1024;   // streamed rows: the most bytes in flight per row
@@ -81,19 +90,26 @@ __device__ __forceinline__ void row_position(int64_t& row, int& tid, int& group_
 
 // ---- rows in registers --------------------------------------------------------------------------
 
+// The most threads a register-path block has: a warp-per-row block's 128 let the compiler give
+// each thread the registers its row needs (up to 255), where a bound of 1024 (64 registers)
+// spilled the backward's two rows of values to local memory (ptxas).
+template <bool kWarp>
+constexpr int kRegsThreads = kWarp ? kRowsPerWarpBlock * kWarpSize : 1024;
+
 // Element e of vector item i of this thread: (i * group_threads + tid) * kVec. N % kVec == 0, so a
 // vector is either wholly inside the row or wholly past it.
 template <typename T, int kVec, int kItems, bool kWarp>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(kRegsThreads<kWarp>)
     softmax_fwd_regs(const T* __restrict__ x,  // [M, N]
                      T* __restrict__ y,        // [M, N]
-                     int64_t M, int64_t N, bool log) {
+                     int64_t row0, int64_t M, int64_t N, bool log) {
   using Acc = opmath_t<T>;
   __shared__ RowGroup<kWarp, Acc> group;
   int64_t row;
   int tid, group_threads;
   row_position<kWarp>(row, tid, group_threads);
-  if (row >= M) return;  // whole warps only (warp rows), never in block rows (grid == M)
+  row += row0;
+  if (row >= M) return;  // whole warps only (warp rows), never in block rows (grid == rows)
   const T* xr = x + row * N;
   T* yr = y + row * N;
   Acc v[kItems][kVec];
@@ -145,16 +161,17 @@ __global__ void __launch_bounds__(1024)
 }
 
 template <typename T, int kVec, int kItems, bool kWarp>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(kRegsThreads<kWarp>)
     softmax_bwd_regs(const T* __restrict__ dy,  // [M, N]
                      const T* __restrict__ y,   // [M, N]
                      T* __restrict__ dx,        // [M, N]
-                     int64_t M, int64_t N, bool log) {
+                     int64_t row0, int64_t M, int64_t N, bool log) {
   using Acc = opmath_t<T>;
   __shared__ RowGroup<kWarp, Acc> group;
   int64_t row;
   int tid, group_threads;
   row_position<kWarp>(row, tid, group_threads);
+  row += row0;
   if (row >= M) return;
   const int64_t offset = row * N;
   Acc g[kItems][kVec], v[kItems][kVec];
@@ -364,18 +381,15 @@ struct Plan {
 // The one launch heuristic of the softmax family. `aligned`: every array is 16-byte aligned.
 template <typename T>
 Plan softmax_plan(int64_t C, int64_t B, bool aligned) {
-  using Acc = opmath_t<T>;
   constexpr int kVec = kVecWidth16<T>;
-  constexpr int kMaxItems = kMaxElems<Acc> / kVec;
   if (B > 1) return {Path::kStrided, false, 0, kStridedThreads};
   // Rows start 16-byte aligned only when N is a whole number of vectors; other rows (and
-  // misaligned views) are read one element at a time: a "vector" of one, with as many items
-  // per thread as the registers hold (the rows of an attention over 197 tokens, or of 10
-  // logits, stay in registers).
+  // misaligned views) are read one element at a time: a "vector" of one. Short ones still fit
+  // a warp's registers (the rows of an attention over 197 tokens, or of 10 logits); longer
+  // ones are streamed.
   const bool vectorized = aligned && C % kVec == 0;
-  const int width = vectorized ? kVec : 1;
-  const int max_items = kMaxElems<Acc> / width;
-  const int64_t vectors = C / width;
+  const int max_items = vectorized ? kMaxItems<T, kVec> : kMaxItems<T, 1>;
+  const int64_t vectors = vectorized ? C / kVec : C;
   // A warp holds rows up to 32 * max_items vectors; the fewest items that cover the row keep
   // the registers (and the masked-off work) low.
   if (vectors <= kWarpSize * max_items) {
@@ -384,7 +398,7 @@ Plan softmax_plan(int64_t C, int64_t B, bool aligned) {
     return {Path::kWarpRegs, vectorized, items, kRowsPerWarpBlock * kWarpSize};
   }
   // A block of up to 1024 threads with max_items vectors each; just enough whole warps.
-  if (vectors <= 1024 * max_items) {
+  if (vectorized && vectors <= 1024 * max_items) {
     const int64_t threads = ceil_div(ceil_div(vectors, max_items), kWarpSize) * kWarpSize;
     return {Path::kBlockRegs, vectorized, max_items, static_cast<int>(threads)};
   }
@@ -392,16 +406,15 @@ Plan softmax_plan(int64_t C, int64_t B, bool aligned) {
 }
 
 // Calls f(std::integral_constant<int, kItems>) for the plan's item count (powers of two up to
-// kMaxItems).
-template <int kMaxItems, typename F>
+// kLimit).
+template <int kLimit, typename F>
 cudaError_t dispatch_items(int items, F&& f) {
   switch (items) {
     case 1: return f(std::integral_constant<int, 1>());
-    case 2: if constexpr (kMaxItems >= 2) return f(std::integral_constant<int, 2>()); break;
-    case 4: if constexpr (kMaxItems >= 4) return f(std::integral_constant<int, 4>()); break;
-    case 8: if constexpr (kMaxItems >= 8) return f(std::integral_constant<int, 8>()); break;
-    case 16: if constexpr (kMaxItems >= 16) return f(std::integral_constant<int, 16>()); break;
-    case 32: if constexpr (kMaxItems >= 32) return f(std::integral_constant<int, 32>()); break;
+    case 2: if constexpr (kLimit >= 2) return f(std::integral_constant<int, 2>()); break;
+    case 4: if constexpr (kLimit >= 4) return f(std::integral_constant<int, 4>()); break;
+    case 8: if constexpr (kLimit >= 8) return f(std::integral_constant<int, 8>()); break;
+    case 16: if constexpr (kLimit >= 16) return f(std::integral_constant<int, 16>()); break;
   }
   return cudaErrorInvalidValue;
 }
@@ -411,28 +424,43 @@ cudaError_t dispatch_softmax_dtype(DType dtype, F&& f) {
   return dispatch_dtypes(dtype, dtype, false, [&](auto t, auto) { return f(t); });
 }
 
+// Calls launch(row0, blocks) for A rows, rows_per_block to a block, in as many grids as their
+// blocks take (a grid holds at most 2^31 - 1: many short rows take several).
+template <typename F>
+cudaError_t launch_rows(int64_t A, int64_t rows_per_block, F&& launch) {
+  const int64_t max_rows = kMaxGridBlocks * rows_per_block;
+  for (int64_t row0 = 0; row0 < A; row0 += max_rows) {
+    const int64_t rows = A - row0 < max_rows ? A - row0 : max_rows;
+    const cudaError_t e = launch(row0, ceil_div(rows, rows_per_block));
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
 // Launches the plan's kernels. `regs<kVec, kItems, kWarp>()`, `stream<kVec>()` and `strided()`
-// give the kernel pointers; `args` are the array arguments shared by all of them.
+// launch them; the rows from row0 on, one grid of blocks at a time.
 template <typename T, int kVec, typename Launch>
 cudaError_t run_plan_of_width(const Plan& plan, int64_t A, cudaStream_t stream, Launch& launch) {
-  constexpr int kMaxItems = kMaxElems<opmath_t<T>> / kVec;
   switch (plan.path) {
     case Path::kWarpRegs:
-      return dispatch_items<kMaxItems>(plan.items, [&](auto items) {
-        return launch.template regs<kVec, decltype(items)::value, true>(
-            ceil_div(A, kRowsPerWarpBlock), plan.threads, stream);
+      return dispatch_items<kMaxItems<T, kVec>>(plan.items, [&](auto items) {
+        return launch_rows(A, kRowsPerWarpBlock, [&](int64_t row0, int64_t blocks) {
+          return launch.template regs<kVec, decltype(items)::value, true>(row0, blocks,
+                                                                          plan.threads, stream);
+        });
       });
     case Path::kBlockRegs:
-      return launch.template regs<kVec, kMaxItems, false>(A, plan.threads, stream);
-    case Path::kStream:
-      // One block per row, and a grid holds at most 2^31 - 1 blocks: many short rows (which
-      // a misaligned view sends here) take several launches.
-      for (int64_t row0 = 0; row0 < A; row0 += kMaxGridBlocks) {
-        const int64_t rows = A - row0 < kMaxGridBlocks ? A - row0 : kMaxGridBlocks;
-        const cudaError_t e = launch.template stream<kVec>(row0, rows, plan.threads, stream);
-        if (e != cudaSuccess) return e;
+      if constexpr (kVec > 1) {  // (the plan streams long rows read one element at a time)
+        return launch_rows(A, 1, [&](int64_t row0, int64_t blocks) {
+          return launch.template regs<kVec, kMaxItems<T, kVec>, false>(row0, blocks,
+                                                                       plan.threads, stream);
+        });
       }
-      return cudaSuccess;
+      return cudaErrorInvalidValue;
+    case Path::kStream:
+      return launch_rows(A, 1, [&](int64_t row0, int64_t blocks) {
+        return launch.template stream<kVec>(row0, blocks, plan.threads, stream);
+      });
     case Path::kStrided:
       return launch.strided(plan.threads, stream);
   }
@@ -451,13 +479,13 @@ struct FwdLaunch {
   const T* x() const { return static_cast<const T*>(p.x); }
   T* y() const { return static_cast<T*>(p.y); }
   template <int kVec, int kItems, bool kWarp>
-  cudaError_t regs(int64_t blocks, int threads, cudaStream_t s) const {
+  cudaError_t regs(int64_t row0, int64_t blocks, int threads, cudaStream_t s) const {
     return launch_blocks(softmax_fwd_regs<T, kVec, kItems, kWarp>, blocks, threads, 1, s, x(),
-                         y(), p.A, p.C, p.log);
+                         y(), row0, p.A, p.C, p.log);
   }
   template <int kVec>
-  cudaError_t stream(int64_t row0, int64_t rows, int threads, cudaStream_t s) const {
-    return launch_blocks(softmax_fwd_stream<T, kVec>, rows, threads, 1, s, x(), y(), row0, p.C,
+  cudaError_t stream(int64_t row0, int64_t blocks, int threads, cudaStream_t s) const {
+    return launch_blocks(softmax_fwd_stream<T, kVec>, blocks, threads, 1, s, x(), y(), row0, p.C,
                          p.log);
   }
   cudaError_t strided(int threads, cudaStream_t s) const {
@@ -473,13 +501,13 @@ struct BwdLaunch {
   const T* y() const { return static_cast<const T*>(p.y); }
   T* dx() const { return static_cast<T*>(p.dx); }
   template <int kVec, int kItems, bool kWarp>
-  cudaError_t regs(int64_t blocks, int threads, cudaStream_t s) const {
+  cudaError_t regs(int64_t row0, int64_t blocks, int threads, cudaStream_t s) const {
     return launch_blocks(softmax_bwd_regs<T, kVec, kItems, kWarp>, blocks, threads, 1, s, dy(),
-                         y(), dx(), p.A, p.C, p.log);
+                         y(), dx(), row0, p.A, p.C, p.log);
   }
   template <int kVec>
-  cudaError_t stream(int64_t row0, int64_t rows, int threads, cudaStream_t s) const {
-    return launch_blocks(softmax_bwd_stream<T, kVec>, rows, threads, 1, s, dy(), y(), dx(),
+  cudaError_t stream(int64_t row0, int64_t blocks, int threads, cudaStream_t s) const {
+    return launch_blocks(softmax_bwd_stream<T, kVec>, blocks, threads, 1, s, dy(), y(), dx(),
                          row0, p.C, p.log);
   }
   cudaError_t strided(int threads, cudaStream_t s) const {
