@@ -76,7 +76,8 @@ def relu6(input, inplace=False):
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     if not _ours(input):
         return TF.leaky_relu(input, negative_slope, inplace)
-    return _act(input, inplace, "leaky_relu", (_scalar("leaky_relu", "negative_slope", 2, negative_slope),))
+    slope = _scalar("leaky_relu", "negative_slope", 2, negative_slope)
+    return _act(input, inplace, "leaky_relu", (slope,))
 
 
 def elu(input, alpha=1.0, inplace=False):

@@ -220,13 +220,13 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if spatial == 1:
         raise ValueError(
             f"Expected more than 1 spatial element when training, got input size {input.size()}")
-    C = input.size(1) if input.dim() >= 2 else 0
+    C = input.size(1)
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         if stat is not None and stat.numel() != C:
             # torch checks the repeated [N * C] statistics.
             raise RuntimeError(f"{name} should contain {input.size(0) * C} elements not "
                                f"{stat.numel() * input.size(0)}")
-    if input.numel() == 0 and input.dim() >= 2 and (input.size(0) > 0 or C == 0):
+    if input.numel() == 0 and (input.size(0) > 0 or C == 0):
         # Instances without elements (a zero spatial size), or no instances for lack of
         # channels, which GroupNorm refuses: torch gives an empty output (zero weight and bias
         # gradients) and keeps the running statistics.
