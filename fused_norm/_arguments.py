@@ -52,10 +52,11 @@ def torch_shape(function, normalized_shape):
     if not isinstance(normalized_shape, (list, tuple)):
         raise wrong(f"not {type(normalized_shape).__name__}")
     for pos, size in enumerate(normalized_shape):
-        try:
-            if isinstance(size, bool):
-                raise TypeError
-            operator.index(size)  # an int, a numpy integer, a 0-dim integer tensor
-        except TypeError:
-            raise wrong(f"but found element of type {type(size).__name__} at pos {pos}") from None
+        # An int (a SymInt under torch.compile), a numpy integer or a 0-dim integer tensor; types
+        # only: converting a size (operator.index) would make torch.compile specialize on it.
+        integral = isinstance(size, (numbers.Integral, torch.SymInt)) or (
+            isinstance(size, torch.Tensor) and size.dim() == 0
+            and not (size.is_floating_point() or size.is_complex() or size.dtype == torch.bool))
+        if isinstance(size, bool) or not integral:
+            raise wrong(f"but found element of type {type(size).__name__} at pos {pos}")
     return tuple(normalized_shape)

@@ -173,13 +173,19 @@ def under_function_transform():
             or torch.autograd.forward_ad._current_level >= 0)
 
 
-class TorchScriptUnsupported:
-    """Base of every fused_norm module: torch.jit.script (which torch deprecates) refuses it
-    up front with a clear error, instead of failing deep inside its compiler on the Python of our
-    functions. torch.jit.trace and torch.export record our ops and torch.compile runs them; a
-    model converted by fused_norm.convert scripts again after fused_norm.revert. (The hook may
-    not hand TorchScript a torch.nn stand-in instead: TorchScript writes what it returns into
-    the parent's submodules, which would silently un-convert the user's eager model.)"""
+class FusedModule:
+    """First base of every fused_norm module, for the frontends that tell torch.nn's modules
+    apart from others.
+
+    torch.jit.script (which torch deprecates) refuses it up front with a clear error, instead of
+    failing deep inside its compiler on the Python of our functions. torch.jit.trace and
+    torch.export record our ops and torch.compile runs them; a model converted by
+    fused_norm.convert scripts again after fused_norm.revert. (The hook may not hand TorchScript
+    a torch.nn stand-in instead: TorchScript writes what it returns into the parent's
+    submodules, which would silently un-convert the user's eager model.)
+
+    torch.fx's symbolic tracing keeps it a leaf (a call_module node), as it keeps torch.nn's
+    modules (_fx_leaf_module below)."""
 
     def __prepare_scriptable__(self):
         raise RuntimeError(
@@ -187,6 +193,23 @@ class TorchScriptUnsupported:
             "torch.jit.trace, torch.export or torch.compile (which keep fused_norm's kernels), "
             "or script the model with torch.nn's modules (fused_norm.revert(model) after "
             "fused_norm.convert)")
+
+
+def _fx_leaf_module(is_leaf_module):
+    """torch.fx.Tracer.is_leaf_module that also keeps fused_norm's modules leaves. The tracer
+    keeps torch.nn's modules (those of the torch.nn package) leaves, so traced models call them
+    rather than trace their Python, which branches on the input (BatchNorm's rank check) and
+    reads the training flag; converted, the same models would not trace (torchvision's
+    create_feature_extractor of a converted ResNet), or would fix training mode into the graph."""
+
+    @functools.wraps(is_leaf_module)
+    def wrapper(self, m, module_qualified_name):
+        return isinstance(m, FusedModule) or is_leaf_module(self, m, module_qualified_name)
+
+    return wrapper
+
+
+torch.fx.Tracer.is_leaf_module = _fx_leaf_module(torch.fx.Tracer.is_leaf_module)
 
 
 def _is_dtensor(input):

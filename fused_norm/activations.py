@@ -198,86 +198,86 @@ def prelu(input, weight):
 # ---- modules ----------------------------------------------------------------------------------
 
 
-class ReLU(_ops.TorchScriptUnsupported, torch.nn.ReLU):
+class ReLU(_ops.FusedModule, torch.nn.ReLU):
     def forward(self, input):
         return relu(input, inplace=self.inplace)
 
 
-class ReLU6(_ops.TorchScriptUnsupported, torch.nn.ReLU6):
+class ReLU6(_ops.FusedModule, torch.nn.ReLU6):
     def forward(self, input):
         return relu6(input, inplace=self.inplace)
 
 
-class LeakyReLU(_ops.TorchScriptUnsupported, torch.nn.LeakyReLU):
+class LeakyReLU(_ops.FusedModule, torch.nn.LeakyReLU):
     def forward(self, input):
         return leaky_relu(input, self.negative_slope, self.inplace)
 
 
-class PReLU(_ops.TorchScriptUnsupported, torch.nn.PReLU):
+class PReLU(_ops.FusedModule, torch.nn.PReLU):
     def forward(self, input):
         return prelu(input, self.weight)
 
 
-class RReLU(_ops.TorchScriptUnsupported, torch.nn.RReLU):
+class RReLU(_ops.FusedModule, torch.nn.RReLU):
     def forward(self, input):
         return rrelu(input, self.lower, self.upper, self.training, self.inplace)
 
 
-class ELU(_ops.TorchScriptUnsupported, torch.nn.ELU):
+class ELU(_ops.FusedModule, torch.nn.ELU):
     def forward(self, input):
         return elu(input, self.alpha, self.inplace)
 
 
-class SELU(_ops.TorchScriptUnsupported, torch.nn.SELU):
+class SELU(_ops.FusedModule, torch.nn.SELU):
     def forward(self, input):
         return selu(input, self.inplace)
 
 
-class CELU(_ops.TorchScriptUnsupported, torch.nn.CELU):
+class CELU(_ops.FusedModule, torch.nn.CELU):
     def forward(self, input):
         return celu(input, self.alpha, self.inplace)
 
 
-class GELU(_ops.TorchScriptUnsupported, torch.nn.GELU):
+class GELU(_ops.FusedModule, torch.nn.GELU):
     def forward(self, input):
         return gelu(input, approximate=self.approximate)
 
 
-class SiLU(_ops.TorchScriptUnsupported, torch.nn.SiLU):
+class SiLU(_ops.FusedModule, torch.nn.SiLU):
     def forward(self, input):
         return silu(input, inplace=self.inplace)
 
 
-class Mish(_ops.TorchScriptUnsupported, torch.nn.Mish):
+class Mish(_ops.FusedModule, torch.nn.Mish):
     def forward(self, input):
         return mish(input, inplace=self.inplace)
 
 
-class Hardswish(_ops.TorchScriptUnsupported, torch.nn.Hardswish):
+class Hardswish(_ops.FusedModule, torch.nn.Hardswish):
     def forward(self, input):
         return hardswish(input, self.inplace)
 
 
-class Hardsigmoid(_ops.TorchScriptUnsupported, torch.nn.Hardsigmoid):
+class Hardsigmoid(_ops.FusedModule, torch.nn.Hardsigmoid):
     def forward(self, input):
         return hardsigmoid(input, self.inplace)
 
 
-class Hardtanh(_ops.TorchScriptUnsupported, torch.nn.Hardtanh):
+class Hardtanh(_ops.FusedModule, torch.nn.Hardtanh):
     def forward(self, input):
         return hardtanh(input, self.min_val, self.max_val, self.inplace)
 
 
-class Sigmoid(_ops.TorchScriptUnsupported, torch.nn.Sigmoid):
+class Sigmoid(_ops.FusedModule, torch.nn.Sigmoid):
     def forward(self, input):
         return sigmoid(input)
 
 
-class Tanh(_ops.TorchScriptUnsupported, torch.nn.Tanh):
+class Tanh(_ops.FusedModule, torch.nn.Tanh):
     def forward(self, input):
         return tanh(input)
 
 
-class Softplus(_ops.TorchScriptUnsupported, torch.nn.Softplus):
+class Softplus(_ops.FusedModule, torch.nn.Softplus):
     def forward(self, input):
         return softplus(input, self.beta, self.threshold)

@@ -34,7 +34,7 @@ def dyt(input, alpha, weight=None, bias=None):
     return ops.dyt_fwd(input, alpha, weight, bias)
 
 
-class DyT(_ops.TorchScriptUnsupported, torch.nn.Module):
+class DyT(_ops.FusedModule, torch.nn.Module):
     """Dynamic Tanh over the trailing dims `normalized_shape` of its input, with LayerNorm's
     constructor arguments where they mean the same (elementwise_affine, bias, device, dtype) and
     alpha_init_value (the paper's 0.5 by default) in place of eps."""

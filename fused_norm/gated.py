@@ -45,7 +45,7 @@ def geglu(input, other=None, approximate="none"):
     return _gated(input, other, _gelu_gate(approximate))
 
 
-class SwiGLU(_ops.TorchScriptUnsupported, torch.nn.Module):
+class SwiGLU(_ops.FusedModule, torch.nn.Module):
     """``silu(a) * b`` with ``a, b = input.chunk(2, -1)``; forward(a, b) takes the halves as two
     tensors instead. No parameters: the projections stay ordinary Linear layers."""
 
@@ -53,7 +53,7 @@ class SwiGLU(_ops.TorchScriptUnsupported, torch.nn.Module):
         return swiglu(input, other)
 
 
-class GeGLU(_ops.TorchScriptUnsupported, torch.nn.Module):
+class GeGLU(_ops.FusedModule, torch.nn.Module):
     """``gelu(a, approximate) * b`` with ``a, b = input.chunk(2, -1)``; forward(a, b) takes the
     halves as two tensors instead. ``approximate``: 'none' (erf) or 'tanh', as torch.nn.GELU."""
 

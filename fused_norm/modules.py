@@ -14,12 +14,12 @@ __all__ = [
 ]
 
 
-class LayerNorm(_ops.TorchScriptUnsupported, torch.nn.LayerNorm):
+class LayerNorm(_ops.FusedModule, torch.nn.LayerNorm):
     def forward(self, input):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class RMSNorm(_ops.TorchScriptUnsupported, torch.nn.RMSNorm):
+class RMSNorm(_ops.FusedModule, torch.nn.RMSNorm):
     def forward(self, x):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
@@ -31,7 +31,7 @@ _ADD_NORM_DEFAULTS = {
 }
 
 
-class _AddNorm(_ops.TorchScriptUnsupported):
+class _AddNorm(_ops.FusedModule):
     """The fusion options kept on an add + norm module; parameters and state_dict are those of
     the norm it subclasses."""
 
@@ -92,7 +92,7 @@ class AddRMSNorm(_AddNorm, torch.nn.RMSNorm):
                               **self._options())
 
 
-class _FusedBatchNorm(_ops.TorchScriptUnsupported):
+class _FusedBatchNorm(_ops.FusedModule):
     """forward of torch's _BatchNorm (running statistics, momentum=None as a cumulative average,
     num_batches_tracked, track_running_stats=False) on the fused kernels, plus two options:
     `relu=True` applies ReLU in the same pass, and forward(input, residual) adds `residual`
@@ -202,7 +202,7 @@ class SyncBatchNorm(_FusedBatchNorm, torch.nn.SyncBatchNorm):
         return converted
 
 
-class GroupNorm(_ops.TorchScriptUnsupported, torch.nn.GroupNorm):
+class GroupNorm(_ops.FusedModule, torch.nn.GroupNorm):
     """torch.nn.GroupNorm on the fused kernels, plus one option: `activation` ('relu', 'silu' /
     'swish', 'gelu', 'gelu_tanh', 'mish') applied in the same pass, forward and backward: the
     GroupNorm + SiLU of a diffusion UNet block in one kernel each way."""
@@ -220,7 +220,7 @@ class GroupNorm(_ops.TorchScriptUnsupported, torch.nn.GroupNorm):
                                 self.activation)
 
 
-class _FusedInstanceNorm(_ops.TorchScriptUnsupported):
+class _FusedInstanceNorm(_ops.FusedModule):
     """torch's _InstanceNorm (its input checks, unbatched input, track_running_stats and
     use_input_stats logic) with the normalization itself on the fused kernels."""
 

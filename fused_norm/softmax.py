@@ -38,11 +38,11 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     return _softmax("log_softmax", input, dim, _stacklevel, dtype, log=True)
 
 
-class Softmax(_ops.TorchScriptUnsupported, torch.nn.Softmax):
+class Softmax(_ops.FusedModule, torch.nn.Softmax):
     def forward(self, input):
         return softmax(input, self.dim, _stacklevel=5)
 
 
-class LogSoftmax(_ops.TorchScriptUnsupported, torch.nn.LogSoftmax):
+class LogSoftmax(_ops.FusedModule, torch.nn.LogSoftmax):
     def forward(self, input):
         return log_softmax(input, self.dim, _stacklevel=5)

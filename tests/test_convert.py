@@ -828,3 +828,31 @@ def test_norms_whose_forward_takes_more_are_left_alone(cls, keyword):
     x, other = torch.randn(2, 8), torch.randn(2, 8)
     args, kwargs = ((), {keyword: other}) if keyword else ((other,), {})
     torch.testing.assert_close(norm(x, *args, **kwargs), reference(x, *args, **kwargs))
+
+
+def test_fx_tracing_keeps_fused_modules_leaves():
+    """As torch.nn's modules: a traced converted model calls them (their training mode is read
+    at each call) instead of tracing their Python, which branches on the input."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.RReLU(), nn.LayerNorm(8),
+                          nn.GELU(), nn.Softmax(dim=-1))
+    reference = copy.deepcopy(model)
+    fused_norm.convert(model)
+    traced = torch.fx.symbolic_trace(model)
+    calls = [node.op for node in traced.graph.nodes if node.op not in ("placeholder", "output")]
+    assert calls == ["call_module"] * 6
+    traced.eval()
+    reference.eval()
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(traced(x), reference(x))  # RReLU's eval slope, not random ones
+
+
+def test_feature_extraction_of_a_converted_resnet():
+    feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18().eval()
+    reference = copy.deepcopy(model)
+    fused_norm.convert(model)
+    x = torch.randn(2, 3, 64, 64)
+    got = feature_extraction.create_feature_extractor(model, {"layer1": "f"})(x)["f"]
+    expected = feature_extraction.create_feature_extractor(reference, {"layer1": "f"})(x)["f"]
+    torch.testing.assert_close(got, expected)

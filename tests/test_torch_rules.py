@@ -167,3 +167,25 @@ def test_input_that_is_not_a_tensor_gets_torchs_error(op):
         call(F, [[1.0, 2.0], [3.0, 4.0]])
     with pytest.raises(expected.type):
         call(fused_norm, [[1.0, 2.0], [3.0, 4.0]])
+
+
+DYNAMIC_CALLS = {
+    "layer_norm": lambda x: fused_norm.layer_norm(x, x.shape[-1:]),
+    "rms_norm": lambda x: fused_norm.rms_norm(x, x.shape[-1:]),
+    "add_layer_norm": lambda x: fused_norm.add_layer_norm(x, x, x.shape[-1:]),
+    "softmax": lambda x: fused_norm.softmax(x, -1),
+    "gelu": lambda x: fused_norm.gelu(x),
+}
+
+
+@pytest.mark.parametrize("op", list(DYNAMIC_CALLS))
+def test_compile_with_dynamic_shapes_compiles_once(op):
+    """As torch's functions: argument checks look at types, never at a size's value, which
+    would make torch.compile specialize on it and compile again for every size."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(DYNAMIC_CALLS[op], dynamic=True, fullgraph=True, backend="eager")
+    for n in (8, 12, 16):
+        x = torch.randn(4, n)
+        assert_close(compiled(x), DYNAMIC_CALLS[op](x), torch.float32, "fwd")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
