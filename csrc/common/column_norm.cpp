@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
@@ -14,14 +15,16 @@ namespace fused_norm {
 namespace {
 
 // How an (N, C, *) tensor is laid out for the kernels, as the [A, C, B] of column_norm_params.h.
-// Two memory orders are served: contiguous (A = N, B = prod(*)) and channels-last, i.e. (N, *, C)
-// contiguous (A = N * prod(*), B = 1), for the 4-D and 5-D input torch gives a channels_last or
-// channels_last_3d output (channels_last_format). Any other strides are copied to contiguous
-// first, as torch's batch_norm does (its output is contiguous then). Every tensor of a call
-// (grad_out, the ReLU output, the residual) is brought to the input's order, and outputs are
-// allocated in it, so the output has the memory format torch's has.
+// Two memory orders are served as they are: contiguous (A = N, B = prod(*)) and channels-last,
+// i.e. (N, *, C) contiguous (A = N * prod(*), B = 1): channels_last, channels_last_3d and their
+// 3-D analogue (a transposed (N, L, C) sequence). Any other strides are copied to contiguous
+// first, and a strided slice of a channels_last tensor to dense channels_last. Every tensor of
+// a call (grad_out, the ReLU output, the residual) is brought to the input's order, and the
+// kernels write their outputs in it; `output` then gives each the memory format torch's
+// batch_norm gives it (channels_last_format: contiguous for the 3-D analogue).
 struct ColumnLayout {
-  std::optional<at::MemoryFormat> format;  // channels-last input: its format
+  bool channels_last = false;                     // the kernels walk (N, *, C)
+  std::optional<at::MemoryFormat> output_format;  // channels-last input torch keeps so
   ColumnShape shape{};
 
   static ColumnLayout of(const at::Tensor& input) {
@@ -29,20 +32,52 @@ struct ColumnLayout {
     const int64_t N = input.size(0), C = input.size(1);
     int64_t spatial = 1;
     for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
-    layout.format = channels_last_format(input);
-    layout.shape = layout.format ? ColumnShape{N * spatial, C, 1} : ColumnShape{N, C, spatial};
+    layout.output_format = channels_last_format(input);
+    // A contiguous tensor is served as NCHW even when it is also channels-last (C == 1 or
+    // spatial == 1), the common case.
+    layout.channels_last = layout.output_format.has_value() ||
+                           (input.dim() > 2 && !input.is_contiguous() &&
+                            input.movedim(1, -1).is_contiguous());
+    layout.shape = layout.channels_last ? ColumnShape{N * spatial, C, 1}
+                                        : ColumnShape{N, C, spatial};
     return layout;
   }
 
-  // `t` (of the input's sizes) with its memory in this layout: itself when it already is.
+  // `t` (of the input's sizes) with its memory in this layout: a view when it already is.
   at::Tensor arrange(const at::Tensor& t) const {
-    return t.contiguous(format.value_or(at::MemoryFormat::Contiguous));
+    if (!channels_last) return t.contiguous();
+    return t.movedim(1, -1).contiguous().movedim(-1, 1);
   }
 
-  // A tensor of its own with like's sizes in this layout.
+  // A tensor of its own with like's sizes in this layout. Not a permuted view of a buffer:
+  // autograd forbids in-place ops (a ReLU(inplace=True) after the norm) on an output that is a
+  // view created inside a Function.
   at::Tensor empty(const at::Tensor& like) const {
-    return at::empty(like.sizes(),
-                     like.options().memory_format(format.value_or(at::MemoryFormat::Contiguous)));
+    if (!channels_last) return at::empty(like.sizes(), like.options());
+    // Channels innermost, then the other dims from last to first.
+    std::vector<int64_t> strides(like.dim());
+    int64_t stride = 1;
+    strides[1] = stride;
+    stride *= std::max<int64_t>(like.size(1), 1);
+    for (int64_t d = like.dim() - 1; d >= 0; --d) {
+      if (d == 1) continue;
+      strides[d] = stride;
+      stride *= std::max<int64_t>(like.size(d), 1);
+    }
+    return at::empty_strided(like.sizes(), strides, like.options());
+  }
+
+  // A result of the kernels (from `empty`) in torch's memory format: the 3-D analogue of
+  // channels-last (and a permuted 6-D or wider tensor) transposed to contiguous, by
+  // fused_norm::contiguous_copy (a blocked transpose on CPU, where torch's copy walks element by
+  // element). The kernels run on the input where it lies; this is torch's copy of the input
+  // moved to the output.
+  at::Tensor output(const at::Tensor& result) const {
+    if (!channels_last || output_format.has_value()) return result;
+    static const auto copy = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("fused_norm::contiguous_copy", "")
+                                 .typed<at::Tensor(const at::Tensor&)>();
+    return copy.call(result);
   }
 
   int64_t per_channel() const { return shape.A * shape.B; }
@@ -117,7 +152,7 @@ at::Tensor elemt(const ColumnNormBackend& backend, const at::Tensor& input,
   c10::DeviceGuard device_guard(input.device());
   const ColumnLayout layout = ColumnLayout::of(input);
   at::Tensor y = layout.empty(input);
-  if (layout.empty_problem()) return y;
+  if (layout.empty_problem()) return layout.output(y);
   const at::Tensor x = layout.arrange(input);
   const at::Tensor mean = stats_for_kernel(mean_in, input);
   const at::Tensor var = stats_for_kernel(var_in, input);
@@ -138,7 +173,7 @@ at::Tensor elemt(const ColumnNormBackend& backend, const at::Tensor& input,
   p.param_dtype = param_dtype_of(x, weight, bias);
   p.relu = relu;
   backend.elemt(p);
-  return y;
+  return layout.output(y);
 }
 
 // Elements per channel: what the batch statistics of `input` cover.
@@ -260,9 +295,30 @@ void run_bwd_reduce(const ColumnNormBackend& backend, ColumnNormBwdReduceParams&
   backend.bwd_reduce(p);
 }
 
-// Training's two backward passes, sums then dx: one backend call where the backend has one that
-// takes this shape, else the two. Returns the sums (with the residual's gradient when
-// want_grad_residual) and dx.
+// Training's backward kernels on a non-empty problem: one backend call where the backend has
+// one that takes this shape, else the reduction and then the dx pass.
+void run_training_bwd(const ColumnNormBackend& backend, const BwdOperands& operands,
+                      const at::Tensor& var_in, const std::optional<at::Tensor>& weight_in,
+                      BwdSums& sums, at::Tensor& dx, bool write_g, double eps) {
+  const at::Tensor var = stats_for_kernel(var_in, operands.x);
+  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
+  ColumnNormBwdReduceParams reduce = reduce_params(backend, operands, sums, write_g);
+  ColumnNormBwdElemtParams elemt =
+      elemt_params(operands, var, weight, sums.sum_dy, sums.sum_dy_xmu, dx, eps,
+                   operands.layout.per_channel());
+  if (backend.bwd_fused != nullptr && backend.bwd_fused(reduce, elemt)) return;
+  run_bwd_reduce(backend, reduce, operands.x);
+  if (write_g) {
+    // The dx pass reads the masked gradient just written in place of grad_out and the ReLU
+    // output: one stream of the input's size fewer.
+    elemt.dy = sums.g.const_data_ptr();
+    elemt.y = nullptr;
+  }
+  backend.bwd_elemt(elemt);
+}
+
+// Training's backward after its checks: the sums (with the residual's gradient when
+// want_grad_residual) and dx, those two in torch's memory format.
 std::tuple<BwdSums, at::Tensor> training_bwd(const ColumnNormBackend& backend,
                                              const at::Tensor& grad_out, const at::Tensor& input,
                                              const at::Tensor& mean, const at::Tensor& var_in,
@@ -280,25 +336,12 @@ std::tuple<BwdSums, at::Tensor> training_bwd(const ColumnNormBackend& backend,
   if (layout.empty_problem()) {
     sums.sum_dy.zero_();
     sums.sum_dy_xmu.zero_();
-    return {sums, dx};
+  } else {
+    run_training_bwd(backend, BwdOperands(layout, input, grad_out, mean, relu_output), var_in,
+                     weight_in, sums, dx, write_g, eps);
   }
-  const BwdOperands operands(layout, input, grad_out, mean, relu_output);
-  const at::Tensor var = stats_for_kernel(var_in, input);
-  const std::optional<at::Tensor> weight = flat_or_none(weight_in);
-  ColumnNormBwdReduceParams reduce = reduce_params(backend, operands, sums, write_g);
-  ColumnNormBwdElemtParams elemt =
-      elemt_params(operands, var, weight, sums.sum_dy, sums.sum_dy_xmu, dx, eps,
-                   layout.per_channel());
-  if (backend.bwd_fused != nullptr && backend.bwd_fused(reduce, elemt)) return {sums, dx};
-  run_bwd_reduce(backend, reduce, operands.x);
-  if (write_g) {
-    // The dx pass reads the masked gradient just written in place of grad_out and the ReLU
-    // output: one stream of the input's size fewer.
-    elemt.dy = sums.g.const_data_ptr();
-    elemt.y = nullptr;
-  }
-  backend.bwd_elemt(elemt);
-  return {sums, dx};
+  if (write_g) sums.g = layout.output(sums.g);
+  return {sums, layout.output(dx)};
 }
 
 }  // namespace
@@ -356,12 +399,12 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
   if (layout.empty_problem()) {
     sums.sum_dy.zero_();
     sums.sum_dy_xmu.zero_();
-    return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
+    return {sums.sum_dy, sums.sum_dy_xmu, write_g ? layout.output(sums.g) : sums.g};
   }
   const BwdOperands operands(layout, input, grad_out, mean, relu_output);
   ColumnNormBwdReduceParams p = reduce_params(backend, operands, sums, write_g);
   run_bwd_reduce(backend, p, operands.x);
-  return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
+  return {sums.sum_dy, sums.sum_dy_xmu, write_g ? layout.output(sums.g) : sums.g};
 }
 
 at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tensor& grad_out,
@@ -386,7 +429,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   c10::DeviceGuard device_guard(input.device());
   const ColumnLayout layout = ColumnLayout::of(input);
   at::Tensor dx = layout.empty(input);
-  if (layout.empty_problem()) return dx;
+  if (layout.empty_problem()) return layout.output(dx);
   // A non-empty input counts at least its own elements (more with SyncBatchNorm).
   TORCH_CHECK(!training || count >= layout.per_channel(),
               message("batch_norm_bwd_elemt: count must be at least the ", layout.per_channel(),
@@ -398,7 +441,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
   const at::Tensor sum_dy_xmu = training ? stats_for_kernel(*sum_dy_xmu_in, input) : at::Tensor();
   backend.bwd_elemt(
       elemt_params(operands, var, weight, sum_dy, sum_dy_xmu, dx, eps, count));
-  return dx;
+  return layout.output(dx);
 }
 
 Tensor3 batch_norm_fwd(const ColumnNormBackend& backend, const at::Tensor& input,
