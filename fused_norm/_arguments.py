@@ -41,6 +41,12 @@ def torch_bool(function, name, position, value):
                     f"{type(value).__name__}")
 
 
+def check_dropout_p(p):
+    """torch's dropout check of p, made when a Dropout module is built and on every call."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
 def torch_shape(function, normalized_shape):
     """normalized_shape as torch.nn.functional's layer_norm and rms_norm take it: a list or tuple
     (torch.Size) of ints, not one int (their modules accept an int; the functions raise torch's

@@ -7,7 +7,7 @@ import numbers
 import torch
 
 from . import _batch_norm, _ops
-from ._arguments import torch_bool, torch_float, torch_int, torch_shape
+from ._arguments import check_dropout_p, torch_bool, torch_float, torch_int, torch_shape
 from .reference import add_norm_ref, group_norm_ref, stats_dtype
 
 # Under a torch.func transform or forward-mode AD, and for input our kernels do not take
@@ -61,9 +61,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 def _add_norm(input, residual, normalized_shape, weight, bias, eps, rms, alpha, dropout_p,
               training, prenorm, residual_in_fp32, out_dtype, zero_centered_weight,
               memory_efficient):
-    if not 0.0 <= dropout_p <= 1.0:
-        # torch's dropout checks p in eval too.
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+    check_dropout_p(dropout_p)  # in eval too, as torch's dropout
     dropout_p = float(dropout_p) if training else 0.0
     residual_dtype = torch.float32 if residual_in_fp32 and input.dtype != torch.float64 else None
     if _ops.defer_to_torch(input):

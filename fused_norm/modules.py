@@ -7,6 +7,7 @@ import torch
 
 from . import _batch_norm, _ops
 from . import functional as F
+from ._arguments import check_dropout_p
 
 __all__ = [
     "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
@@ -37,8 +38,7 @@ class _AddNorm(_ops.FusedModule):
 
     def __init__(self, *args, alpha=1.0, dropout_p=0.0, prenorm=False, residual_in_fp32=False,
                  out_dtype=None, zero_centered_weight=False, memory_efficient=False, **kwargs):
-        if not 0.0 <= dropout_p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+        check_dropout_p(dropout_p)
         self._fusion = {
             "alpha": alpha, "dropout_p": dropout_p, "prenorm": prenorm,
             "residual_in_fp32": residual_in_fp32, "out_dtype": out_dtype,

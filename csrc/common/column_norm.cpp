@@ -399,12 +399,13 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
   if (layout.empty_problem()) {
     sums.sum_dy.zero_();
     sums.sum_dy_xmu.zero_();
-    return {sums.sum_dy, sums.sum_dy_xmu, write_g ? layout.output(sums.g) : sums.g};
+  } else {
+    const BwdOperands operands(layout, input, grad_out, mean, relu_output);
+    ColumnNormBwdReduceParams p = reduce_params(backend, operands, sums, write_g);
+    run_bwd_reduce(backend, p, operands.x);
   }
-  const BwdOperands operands(layout, input, grad_out, mean, relu_output);
-  ColumnNormBwdReduceParams p = reduce_params(backend, operands, sums, write_g);
-  run_bwd_reduce(backend, p, operands.x);
-  return {sums.sum_dy, sums.sum_dy_xmu, write_g ? layout.output(sums.g) : sums.g};
+  if (write_g) sums.g = layout.output(sums.g);
+  return {sums.sum_dy, sums.sum_dy_xmu, sums.g};
 }
 
 at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tensor& grad_out,

@@ -9,9 +9,9 @@
 // - Streamed rows (B == 1, longer rows): one block per row, a running (max, sum) per thread in
 //   the first pass, then a second pass that re-reads the row (from L2 when the rows in flight
 //   fit there) to write.
-// Rows are launched a grid of at most 2^31 - 1 blocks at a time.
 // - Strided slices (B > 1): one thread per (a, b), walking c with stride B; consecutive threads
 //   take consecutive b, so every step of a warp reads contiguous memory. No transpose.
+// Rows are launched a grid of at most 2^31 - 1 blocks at a time.
 //
 // Special values as torch: a slice whose max is -inf (all -inf) or +inf gives NaN everywhere
 // (x - max is NaN for the extreme elements and enters the sum); a NaN element enters the sum.
@@ -430,7 +430,7 @@ template <typename F>
 cudaError_t launch_rows(int64_t A, int64_t rows_per_block, F&& launch) {
   const int64_t max_rows = kMaxGridBlocks * rows_per_block;
   for (int64_t row0 = 0; row0 < A; row0 += max_rows) {
-    const int64_t rows = A - row0 < max_rows ? A - row0 : max_rows;
+    const int64_t rows = std::min(A - row0, max_rows);
     const cudaError_t e = launch(row0, ceil_div(rows, rows_per_block));
     if (e != cudaSuccess) return e;
   }
