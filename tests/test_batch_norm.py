@@ -212,13 +212,19 @@ def test_nan_and_inf_propagate_like_torch(device):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def nlc_shape(shape, layout):
+    """A 4-D shape as (N, C, L) for the "nlc" layout (a transposed sequence), else as it is."""
+    return (shape[0], shape[1], shape[2] * shape[3]) if layout == "nlc" else shape
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "nlc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("fused", ["relu", "add_relu"])
 # The second shape's NCHW backward takes the CPU's by-channel path (the first's planes are short).
 @pytest.mark.parametrize("shape", [(4, 8, 6, 5), (2, 16, 12, 12)], ids=["short", "by-channel"])
 def test_fused_forms(device, layout, dtype, training, fused, shape):
+    shape = nlc_shape(shape, layout)
     C = shape[1]
     x = make_input(shape, layout, dtype, device).requires_grad_()
     residual = make_input(shape, layout, dtype, device).requires_grad_() if fused == "add_relu" else None
@@ -334,9 +340,10 @@ def test_module_channels_last_output(device):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("fused", ["none", "relu", "add_relu"])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "nlc"])
 def test_gradcheck_and_gradgradcheck(device, training, fused, layout):
-    x = make_input((3, 4, 3, 2), layout, torch.float64, device).requires_grad_()
+    x = make_input(nlc_shape((3, 4, 3, 2), layout), layout, torch.float64,
+                   device).requires_grad_()
     w, b = make_params(4, torch.float64, device)
     w.requires_grad_()
     b.requires_grad_()

@@ -73,9 +73,13 @@ def test_output_memory_format_is_torchs(device, op, form):
     assert y.stride() == expected.stride()
     assert_close(y, expected, torch.float32, "fwd")
     grad = torch.randn_like(expected)
-    y.backward(grad)
-    expected.backward(grad)
-    assert_close(x.grad, x_ref.grad, torch.float32, "bwd")
+    # torch.autograd.grad: a leaf's .grad would take the leaf's strides whatever dx had.
+    (dx,), (dx_ref,) = torch.autograd.grad(y, x, grad), torch.autograd.grad(expected, x_ref, grad)
+    if op != "rms_norm":
+        # rms_norm's dx is contiguous; torch's composite rms_norm differentiates elementwise ops
+        # that follow the channels-last input's layout (a known difference, values equal).
+        assert dx.stride() == dx_ref.stride()
+    assert_close(dx, dx_ref, torch.float32, "bwd")
 
 
 def _meta(*shape):

@@ -29,23 +29,29 @@ struct ColumnLayout {
 
   static ColumnLayout of(const at::Tensor& input) {
     ColumnLayout layout;
-    const int64_t N = input.size(0), C = input.size(1);
-    int64_t spatial = 1;
-    for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
     layout.output_format = channels_last_format(input);
     // A contiguous tensor is served as NCHW even when it is also channels-last (C == 1 or
     // spatial == 1), the common case.
-    layout.channels_last = layout.output_format.has_value() ||
-                           (input.dim() > 2 && !input.is_contiguous() &&
-                            input.movedim(1, -1).is_contiguous());
-    layout.shape = layout.channels_last ? ColumnShape{N * spatial, C, 1}
-                                        : ColumnShape{N, C, spatial};
+    layout.set_channels_last(input, layout.output_format.has_value() ||
+                                        (input.dim() > 2 && !input.is_contiguous() &&
+                                         input.movedim(1, -1).is_contiguous()));
     return layout;
   }
 
-  // `t` (of the input's sizes) with its memory in this layout: a view when it already is.
+  // The layout of a backward pass: the input's, except where torch's results are contiguous for
+  // a channels-last input (the 3-D analogue: a transposed (N, L, C) sequence). There grad_out
+  // comes contiguous, and the kernels walk the contiguous layout: transposing the input once
+  // replaces transposing grad_out in and dx (and g) out.
+  static ColumnLayout of_gradient(const at::Tensor& input) {
+    ColumnLayout layout = of(input);
+    if (!layout.output_format.has_value()) layout.set_channels_last(input, false);
+    return layout;
+  }
+
+  // `t` (of the input's sizes) with its memory in this layout: a view when it already is, else
+  // a copy (fused_norm::contiguous_copy's transpose for a channels-last `t` made contiguous).
   at::Tensor arrange(const at::Tensor& t) const {
-    if (!channels_last) return t.contiguous();
+    if (!channels_last) return t.is_contiguous() ? t : contiguous_copy(t);
     return t.movedim(1, -1).contiguous().movedim(-1, 1);
   }
 
@@ -70,18 +76,31 @@ struct ColumnLayout {
   // A result of the kernels (from `empty`) in torch's memory format: the 3-D analogue of
   // channels-last (and a permuted 6-D or wider tensor) transposed to contiguous, by
   // fused_norm::contiguous_copy (a blocked transpose on CPU, where torch's copy walks element by
-  // element). The kernels run on the input where it lies; this is torch's copy of the input
-  // moved to the output.
+  // element). The forward kernels run on the input where it lies; this is torch's copy of the
+  // input moved to the output.
   at::Tensor output(const at::Tensor& result) const {
     if (!channels_last || output_format.has_value()) return result;
-    static const auto copy = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("fused_norm::contiguous_copy", "")
-                                 .typed<at::Tensor(const at::Tensor&)>();
-    return copy.call(result);
+    return contiguous_copy(result);
   }
 
   int64_t per_channel() const { return shape.A * shape.B; }
   bool empty_problem() const { return shape.A * shape.C * shape.B == 0; }
+
+ private:
+  static at::Tensor contiguous_copy(const at::Tensor& t) {
+    static const auto copy = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("fused_norm::contiguous_copy", "")
+                                 .typed<at::Tensor(const at::Tensor&)>();
+    return copy.call(t);
+  }
+
+  void set_channels_last(const at::Tensor& input, bool walk_channels_last) {
+    const int64_t N = input.size(0), C = input.size(1);
+    int64_t spatial = 1;
+    for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
+    channels_last = walk_channels_last;
+    shape = channels_last ? ColumnShape{N * spatial, C, 1} : ColumnShape{N, C, spatial};
+  }
 };
 
 void check_input(const at::Tensor& input) {
@@ -329,7 +348,7 @@ std::tuple<BwdSums, at::Tensor> training_bwd(const ColumnNormBackend& backend,
   check_per_channel("var", var_in, input);
   check_params(input, weight_in, std::nullopt);
   c10::DeviceGuard device_guard(input.device());
-  const ColumnLayout layout = ColumnLayout::of(input);
+  const ColumnLayout layout = ColumnLayout::of_gradient(input);
   const bool write_g = want_grad_residual && defined(relu_output);
   BwdSums sums(input, layout, write_g);
   at::Tensor dx = layout.empty(input);
@@ -393,7 +412,7 @@ Tensor3 batch_norm_bwd_reduce(const ColumnNormBackend& backend, const at::Tensor
                               bool want_grad_residual) {
   check_bwd_operands(grad_out, input, mean, relu_output);
   c10::DeviceGuard device_guard(input.device());
-  const ColumnLayout layout = ColumnLayout::of(input);
+  const ColumnLayout layout = ColumnLayout::of_gradient(input);
   const bool write_g = want_grad_residual && defined(relu_output);
   BwdSums sums(input, layout, write_g);
   if (layout.empty_problem()) {
@@ -428,7 +447,7 @@ at::Tensor batch_norm_bwd_elemt(const ColumnNormBackend& backend, const at::Tens
     check_per_channel("sum_dy_xmu", *sum_dy_xmu_in, input);
   }
   c10::DeviceGuard device_guard(input.device());
-  const ColumnLayout layout = ColumnLayout::of(input);
+  const ColumnLayout layout = ColumnLayout::of_gradient(input);
   at::Tensor dx = layout.empty(input);
   if (layout.empty_problem()) return layout.output(dx);
   // A non-empty input counts at least its own elements (more with SyncBatchNorm).
