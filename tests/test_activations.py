@@ -199,13 +199,15 @@ def test_tanh_saturates_exactly(device, dtype):
     assert torch.equal(dx, torch.zeros_like(dx))
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "silu", "softplus", "mish", "elu"])
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "softplus", "mish", "elu", "selu", "celu"])
 def test_exp_based_float32_precision_over_exp_range_cpu(name):
     # The CPU exp behind these (our own polynomial exp on AVX-512, at::vec's exp_u20 elsewhere)
-    # over its range (exp_u20 flushes to 0 just above the bottom of the normal range): within a
-    # few float32 ulp of the float64 result. (CUDA's __expf is within a few ulp only for the
-    # |z| <= 20 where these need it.)
-    x = torch.linspace(-80, 88, 1_000_001, dtype=torch.float32)
+    # over its range (exp_u20 flushes to 0 just above the bottom of the normal range), and the
+    # expm1 (ELU's family: a series below |x| = 1) and log1p (Softplus) built on it, finely
+    # around 0: within a few float32 ulp of the float64 result. (CUDA's __expf is within a few ulp
+    # only for the |z| <= 20 where these need it.)
+    x = torch.cat([torch.linspace(-80, 88, 1_000_001), torch.linspace(-2, 2, 400_001),
+                   torch.linspace(-1e-4, 1e-4, 20_001)])
     y = getattr(fused_norm, name)(x).double()
     ref = getattr(F, name)(x.double())
     normal = ref.abs() > 1e-37

@@ -290,7 +290,7 @@ struct ActOp<ActKind::kElu, acc_t> {
         input_scale(static_cast<acc_t>(a.arg[2])) {}
   // Scalar math: y = x <= 0 ? alpha * scale * expm1(x * input_scale) : scale * x
   C10_ALWAYS_INLINE V fwd(const V& x) const {
-    return V::blendv(x * pos_coef, (x * input_scale).expm1() * neg_coef, x <= V(0));
+    return V::blendv(x * pos_coef, fast_expm1(x * input_scale) * neg_coef, x <= V(0));
   }
   // Scalar math: dx = x > 0 ? dy * scale
   //                         : dy * input_scale * alpha * scale * exp(x * input_scale)
@@ -374,7 +374,7 @@ struct ActOp<ActKind::kSoftplus, acc_t> {
   // Scalar math: y = x * beta > threshold ? x : log1p(exp(x * beta)) / beta
   C10_ALWAYS_INLINE V fwd(const V& x) const {
     const V bx = x * beta;
-    return V::blendv(fast_exp(bx).log1p() / beta, x, bx > threshold);
+    return V::blendv(fast_log1p(fast_exp(bx)) / beta, x, bx > threshold);
   }
   // Scalar math: z = exp(x * beta); dx = x * beta > threshold ? dy : dy * z / (z + 1)
   C10_ALWAYS_INLINE V bwd(const V& dy, const V& x) const {
