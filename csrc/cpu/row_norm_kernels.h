@@ -84,10 +84,13 @@ C10_ALWAYS_INLINE std::pair<at::opmath_type<T>, at::opmath_type<T>> normalize_ro
         sum += d;
         sumsq += d * d;
       });
-  const double shifted_mean = sum_d / N;
+  // Products by 1 / N, which the callers' row loops compute once: a double division per row
+  // and sum cost short rows a tenth of their time.
+  const double inv_N = 1.0 / N;
+  const double shifted_mean = sum_d * inv_N;
   const acc_t mean = kRms ? acc_t(0) : static_cast<acc_t>(shift + shifted_mean);
   const double var =
-      kRms ? sumsq_d / N : std::max(sumsq_d / N - shifted_mean * shifted_mean, 0.0);
+      kRms ? sumsq_d * inv_N : std::max(sumsq_d * inv_N - shifted_mean * shifted_mean, 0.0);
   const acc_t rstd = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
 
   // Scalar math: y = (x - mean) * rstd * w + b
@@ -214,7 +217,11 @@ struct BwdRows {
 
 // The backward of one group of rows: dx, and dweight += dy * xhat, dbias += dy into the chunk's
 // partial rows (nullptr: not wanted), read and written once per group, not once per row.
-template <typename T, bool kRms>
+// kRows: the group's row count where the caller knows it at compile time (0: g.rows); kStreams:
+// whether g may have dsum or dresidual rows. Known, the row loops unroll and the pointers stay in
+// registers with no per-vector test for rows that are not there (short rows spent a third of
+// their time reloading and testing them).
+template <typename T, bool kRms, int kRows, bool kStreams>
 C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath_type<T>* w,
                                 at::opmath_type<T>* dw_part, at::opmath_type<T>* db_part) {
   using C = Chunk<T>;
@@ -222,7 +229,8 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
   using AccVec = typename C::AccVec;
   constexpr int64_t kW = AccVec::size();
   const int64_t N_vec = N - N % C::kSize;
-  const int rows = g.rows;
+  const int rows = kRows > 0 ? kRows : g.rows;
+  const double inv_N = 1.0 / N;  // as in normalize_row
   acc_t g_mean[kGroupRows], gx_mean[kGroupRows];
   // Pass 1, row by row. Scalar math: g = dy * w; g_mean = mean(g), gx_mean = mean(g * xhat).
   for (int r = 0; r < rows; ++r) {
@@ -246,8 +254,8 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
           if constexpr (!kRms) g_sum += gv;
           gx_sum += gv * xhat;
         });
-    g_mean[r] = static_cast<acc_t>(g_sum / N);
-    gx_mean[r] = static_cast<acc_t>(gx_sum / N);
+    g_mean[r] = static_cast<acc_t>(g_sum * inv_N);
+    gx_mean[r] = static_cast<acc_t>(gx_sum * inv_N);
   }
   // Pass 2, the rows side by side. Scalar math: dx = rstd * (g - g_mean - xhat * gx_mean);
   // dweight += dy * xhat; dbias += dy.
@@ -274,13 +282,13 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
         db_sum[k] = db_sum[k] + dyv[k];
         xv[k] = rstd_vec[r] * (gv - g_mean_vec[r] - xhat * gx_mean_vec[r]);
       }
-      if (g.dsum[r]) {
+      if (kStreams && g.dsum[r]) {
         AccVec dsum[C::kParts];
         C::load(g.dsum[r] + i, dsum);
         for (int k = 0; k < C::kParts; ++k) xv[k] = xv[k] + dsum[k];
       }
       if (g.dx[r]) C::store(g.dx[r] + i, xv);
-      if (g.dresidual[r]) {
+      if (kStreams && g.dresidual[r]) {
         for (int k = 0; k < C::kParts; ++k) xv[k] = xv[k] * AccVec(g.alpha);
         C::store(g.dresidual[r] + i, xv);
       }
@@ -303,10 +311,24 @@ C10_ALWAYS_INLINE void bwd_rows(const BwdRows<T>& g, int64_t N, const at::opmath
         db_part[i] += dyi;
       }
       acc_t dh = g.rstd[r] * (gv - g_mean[r] - xhat * gx_mean[r]);
-      if (g.dsum[r]) dh += static_cast<acc_t>(g.dsum[r][i]);
+      if (kStreams && g.dsum[r]) dh += static_cast<acc_t>(g.dsum[r][i]);
       if (g.dx[r]) g.dx[r][i] = static_cast<T>(dh);
-      if (g.dresidual[r]) g.dresidual[r][i] = static_cast<T>(g.alpha * dh);
+      if (kStreams && g.dresidual[r]) g.dresidual[r][i] = static_cast<T>(g.alpha * dh);
     }
+  }
+}
+
+// bwd_rows with its row count and kStreams as compile-time constants: whole groups (every group
+// but a chunk's last) with kGroupRows.
+template <typename T, bool kRms, bool kStreams>
+C10_ALWAYS_INLINE void bwd_group(const BwdRows<T>& g, int64_t N, const at::opmath_type<T>* w,
+                                 at::opmath_type<T>* dw_part, at::opmath_type<T>* db_part) {
+  if (g.rows == kGroupRows) {
+    bwd_rows<T, kRms, kGroupRows, kStreams>(g, N, w, dw_part, db_part);
+  } else if (g.rows == 1) {
+    bwd_rows<T, kRms, 1, kStreams>(g, N, w, dw_part, db_part);
+  } else {
+    bwd_rows<T, kRms, 0, kStreams>(g, N, w, dw_part, db_part);
   }
 }
 
@@ -357,22 +379,29 @@ void row_norm_bwd_typed(const RowNormBwdParams& p) {
   std::vector<acc_t> weight_storage;
   const acc_t* w =
       applied_weight<acc_t>(p.weight, p.param_dtype, N, p.zero_centered, weight_storage);
-  row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
-    BwdRows<T> g;
-    g.rows = rows;
-    for (int r = 0; r < rows; ++r) {
-      const int64_t row = row0 + r;
-      g.x[r] = x + row * N;
-      g.dy[r] = dy + row * N;
-      g.dx[r] = dx ? dx + row * N : nullptr;
-      g.mean[r] = kRms ? acc_t(0) : mean[row];
-      g.xscale[r] = g.rstd[r] = rstd[row];
-      if (dsum) g.dsum[r] = dsum + row * N;
-      if (dresidual) g.dresidual[r] = dresidual + row * N;
-    }
-    g.alpha = static_cast<acc_t>(p.prologue.alpha);
-    bwd_rows<T, kRms>(g, N, w, dw_part, db_part);
-  });
+  auto walk = [&](auto streams) {
+    row_norm_bwd_frame<acc_t>(p, [&](int64_t row0, int rows, acc_t* dw_part, acc_t* db_part) {
+      BwdRows<T> g;
+      g.rows = rows;
+      for (int r = 0; r < rows; ++r) {
+        const int64_t row = row0 + r;
+        g.x[r] = x + row * N;
+        g.dy[r] = dy + row * N;
+        g.dx[r] = dx ? dx + row * N : nullptr;
+        g.mean[r] = kRms ? acc_t(0) : mean[row];
+        g.xscale[r] = g.rstd[r] = rstd[row];
+        if (dsum) g.dsum[r] = dsum + row * N;
+        if (dresidual) g.dresidual[r] = dresidual + row * N;
+      }
+      g.alpha = static_cast<acc_t>(p.prologue.alpha);
+      bwd_group<T, kRms, decltype(streams)::value>(g, N, w, dw_part, db_part);
+    });
+  };
+  if (dsum || dresidual) {
+    walk(std::true_type());
+  } else {
+    walk(std::false_type());
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -548,7 +577,7 @@ void fused_row_norm_bwd_typed(const RowNormBwdParams& p) {
         g.xscale[r] = rstd[row0 + r];
       }
     }
-    bwd_rows<acc_t, kRms>(g, N, w, dw_part, db_part);
+    bwd_group<acc_t, kRms, true>(g, N, w, dw_part, db_part);
     for (int r = 0; r < rows; ++r) {
       const int64_t offset = (row0 + r) * N;
       if (p.dresidual) store_row(g.dresidual[r], stream_dtype, offset, N, p.dresidual);
