@@ -174,6 +174,17 @@ def test_special_points(device, act, dtype):
     _assert_close_dx(act, dx[smooth], dxt[smooth], dtype, f"{act} dx")
 
 
+@pytest.mark.parametrize("act", ACTS + [_act("elu-negative-alpha", "elu", {"alpha": -1.0}),
+                                 _act("celu-negative-alpha", "celu", {"alpha": -1.0})], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_signed_zeros_as_torch(act, dtype):
+    # +0 and -0 (in torch's vector path: 64 elements) come out with torch's signs, which
+    # assert_close does not compare: ELU with a negative alpha gave -0 for +0.
+    x = torch.zeros(64, dtype=dtype)
+    x[1::2] = -0.0
+    assert torch.equal(act.ours(x).signbit(), act.theirs(x).signbit())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gelu_negative_tail_keeps_relative_precision(device, dtype):
     # GELU's tail z * Phi(z) is tiny for z << 0: computed as 0.5 * (1 + erf) it cancels to the

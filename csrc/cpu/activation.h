@@ -288,9 +288,10 @@ struct ActOp<ActKind::kElu, acc_t> {
       : neg_coef(static_cast<acc_t>(a.arg[0] * a.arg[1])),
         pos_coef(static_cast<acc_t>(a.arg[1])),
         input_scale(static_cast<acc_t>(a.arg[2])) {}
-  // Scalar math: y = x <= 0 ? alpha * scale * expm1(x * input_scale) : scale * x
+  // Scalar math: y = x < 0 ? alpha * scale * expm1(x * input_scale) : scale * x
+  // (0 takes the second branch, which keeps its sign for a negative alpha, as torch's CPU kernel)
   C10_ALWAYS_INLINE V fwd(const V& x) const {
-    return V::blendv(x * pos_coef, fast_expm1(x * input_scale) * neg_coef, x <= V(0));
+    return V::blendv(x * pos_coef, fast_expm1(x * input_scale) * neg_coef, x < V(0));
   }
   // Scalar math: dx = x > 0 ? dy * scale
   //                         : dy * input_scale * alpha * scale * exp(x * input_scale)
