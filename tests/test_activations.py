@@ -174,6 +174,14 @@ def test_special_points(device, act, dtype):
     _assert_close_dx(act, dx[smooth], dxt[smooth], dtype, f"{act} dx")
 
 
+def test_softplus_overflowing_exp_below_threshold_cpu():
+    # With a threshold above 88, exp(beta * x) overflows to inf before the linear branch takes
+    # over: log1p(inf) is inf there (our float log1p's correction alone would be inf - inf).
+    x = torch.tensor([88.0, 89.0, 100.0, 500.0] * 16)
+    y = fused_norm.softplus(x, beta=1.0, threshold=1000.0)
+    assert torch.equal(y, F.softplus(x, beta=1.0, threshold=1000.0))
+
+
 @pytest.mark.parametrize("act", ACTS + [_act("elu-negative-alpha", "elu", {"alpha": -1.0}),
                                  _act("celu-negative-alpha", "celu", {"alpha": -1.0})], ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)

@@ -127,7 +127,7 @@ C10_ALWAYS_INLINE V fast_exp(const V& x) {
 //
 // expm1: for |x| < 1, x (1 + x q(x)) with q the Taylor series 1/2! + x/3! + ... + x^9/11! (the
 // first term left out is under 0.7 ulp; x's sign kept at 0); elsewhere fast_exp(x) - 1, where
-// the subtraction cancels less than a bit (-1 <= x: exp(x) <= 1/e) or the result is >= e - 1.
+// the subtraction cancels less than a bit (x <= -1: exp(x) <= 1/e) or the result is >= e - 1.
 template <typename V>
 C10_ALWAYS_INLINE V fast_expm1(const V& x) {
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
